@@ -1,0 +1,54 @@
+"""Shared fixtures: a throwaway project folder, tiny configs, the project's own files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+# Small enough for seconds on 2 cores, large enough to exercise every code path.
+TINY = [
+    "data.num_videos.train=12",
+    "data.num_videos.val=4",
+    "data.num_videos.test=4",
+]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project folder (cwd), recognised by its dvc.yaml marker."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(root)
+    return root
+
+
+def tracked_files() -> list[str]:
+    """What a fresh clone would hold: tracked plus untracked-but-not-ignored files."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout
+    return [line for line in out.splitlines() if line and (REPO / line).is_file()]
+
+
+def venv_env(**extra: str) -> dict[str, str]:
+    """The test interpreter's bin first on PATH, so `python`/`dvc` in DVC commands are ours."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=venv_env(**env))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

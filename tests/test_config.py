@@ -1,0 +1,131 @@
+"""The config tree, its schema and params.yaml."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from conftest import REPO, run
+from usam.config import compose, config_hash, flatten, load_params, to_dict, write_params
+from usam.config.compose import CONF_DIR, compose_dict
+from usam.config.schema import Config
+from usam.config.validate import describe
+from usam.errors import ConfigError
+
+
+def test_default_composes_and_every_schema_key_has_exactly_one_default():
+    cfg = compose()
+    assert isinstance(cfg, Config)
+    schema_keys = {row[0] for row in describe(Config)}
+    tree_keys = set(flatten(compose_dict()))
+    # dict-valued knobs (e.g. source_split) flatten one level deeper in the tree
+    tree_keys = {k if k in schema_keys else k.rsplit(".", 1)[0] for k in tree_keys}
+    assert tree_keys == schema_keys
+
+
+def test_params_yaml_is_the_composed_default():
+    """params.yaml is what DVC reads; it must equal the tree's composition (regenerate on change)."""
+    assert to_dict(load_params(REPO / "params.yaml")) == to_dict(compose()), (
+        "params.yaml is stale: run `usam config write-params`"
+    )
+
+
+def test_no_hydra_runtime_interpolations_in_the_tree():
+    for path in CONF_DIR.rglob("*.yaml"):
+        assert "${hydra:" not in path.read_text(), f"{path} uses ${{hydra:...}}, which DVC cannot resolve"
+
+
+def test_overrides_change_values_and_the_hash():
+    base, changed = compose(), compose(["train.lr=3e-4", "data=bouncing_shapes"])
+    assert changed.train.lr == pytest.approx(3e-4)
+    assert changed.data.name == "bouncing_shapes"
+    assert base.data.moving_digits == changed.data.moving_digits  # the rest is untouched
+    assert config_hash(base) == config_hash(compose())
+    assert config_hash(base) != config_hash(changed)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.lr=abc", ["train.lr", "'abc'", "> 0.0"]),
+        ("train.lr=5", ["train.lr", "5.0", "<= 1.0"]),
+        ("train.lr=nan", ["train.lr", "nan"]),
+        ("train.lrr=1", ["train.lrr", "did you mean 'train.lr'"]),
+        ("data=nope", ["data/nope", "bouncing_shapes, moving_digits, video_folder"]),
+        ("train.schedule=cosin", ["train.schedule", "'cosin'", "did you mean 'cosine'"]),
+        ("train.deterministic=maybe", ["train.deterministic", "true or false"]),
+        ("train.batch_size=2.5", ["train.batch_size", "an integer"]),
+        ("preprocess.crop_size=64", ["preprocess.crop_size = 64", "crop must fit"]),
+        ("data.moving_digits.speed=[3,1]", ["data.moving_digits.speed", "min <= max"]),
+        ("data.name=video_folder", ["data.video_folder.root is null", "data.build"]),
+        ("model.heads=3", ["model.width = 128", "not divisible"]),
+    ],
+)
+def test_bad_overrides_name_the_key_the_value_and_what_is_allowed(override, expected):
+    with pytest.raises(ConfigError) as info:
+        compose([override])
+    message = str(info.value)
+    for text in expected:
+        assert text in message, f"{text!r} missing from:\n{message}"
+    assert "fix:" in message
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        compose(["train.lr=-1", "train.epochs=0", "eval.batch_size=x"])
+    message = str(info.value)
+    assert "3 problems" in message
+    assert all(k in message for k in ("train.lr", "train.epochs", "eval.batch_size"))
+
+
+def test_load_params_rejects_missing_unknown_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("seed: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad_yaml)
+    data = to_dict(compose())
+    data["train"]["lr_typo"] = 1.0
+    del data["train"]["lr"]
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_params(typo)
+    assert "train.lr_typo: unknown key; did you mean 'train.lr'" in str(info.value)
+    assert "train.lr: missing" in str(info.value)
+    assert str(typo) in str(info.value)
+
+
+def test_write_params_round_trips(tmp_path):
+    out = tmp_path / "params.yaml"
+    cfg = write_params(out, ["train.lr=1e-4"])
+    assert math.isclose(load_params(out).train.lr, 1e-4)
+    assert to_dict(load_params(out)) == to_dict(cfg)
+
+
+def test_cli_config_show_prints_the_resolved_config(tmp_path):
+    proc = run(["usam", "config", "show", "train.lr=2e-4", "data=bouncing_shapes"], cwd=tmp_path)
+    shown = yaml.safe_load(proc.stdout)
+    assert shown["train"]["lr"] == pytest.approx(2e-4)
+    assert shown["data"]["name"] == "bouncing_shapes"
+    assert f"# config hash: {config_hash(compose(['train.lr=2e-4', 'data=bouncing_shapes']))}" in proc.stdout
+
+
+def test_cli_bad_override_is_one_clear_error_without_traceback(tmp_path):
+    proc = run(["usam", "config", "show", "train.weight_decay=2"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "train.weight_decay = 2.0" in proc.stderr and "<= 1.0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_cli_help_explains_itself(tmp_path):
+    proc = run(["usam", "--help"], cwd=tmp_path)
+    for command in ("config", "env", "data", "ui"):
+        assert command in proc.stdout
+    assert "train.lr=2e-4" in proc.stdout
+    schema = run(["usam", "config", "schema"], cwd=tmp_path).stdout
+    assert "train.lr: a number, > 0.0 and <= 1.0" in schema

@@ -1,0 +1,200 @@
+"""Types, ranges and choices of every knob. Defaults live once, in ``usam/conf`` (YAML).
+
+Dataclasses are frozen views of the validated config; ``check()`` adds the
+cross-field rules a single field cannot express.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from usam.config.validate import knob
+
+DatasetName = Literal["moving_digits", "bouncing_shapes", "video_folder"]
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    train: int = knob(ge=1, doc="videos in the train split")
+    val: int = knob(ge=1, doc="videos in the validation split")
+    test: int = knob(ge=1, doc="videos in the test split")
+
+
+@dataclass(frozen=True)
+class MovingDigitsConfig:
+    digits_per_video: int = knob(ge=1, le=4, doc="digits bouncing in each video; the label is the first digit")
+    digit_size: int = knob(ge=8, le=64, doc="pixel size the 8x8 sklearn digits are upscaled to")
+    speed: list[float] = knob(ge=0.0, le=16.0, min_len=2, doc="[min, max] pixels per frame")
+    source_split: dict[str, float] = knob(
+        ge=0.0, le=1.0, doc="share of the 1,797 source digit images reserved for each split (no digit image leaks)"
+    )
+
+    def check(self) -> list[str]:
+        out = []
+        if len(self.speed) != 2 or self.speed[0] > self.speed[1]:
+            out.append(f"moving_digits.speed = {self.speed}: expected [min, max] with min <= max")
+        if set(self.source_split) != {"train", "val", "test"} or abs(sum(self.source_split.values()) - 1) > 1e-6:
+            out.append(f"moving_digits.source_split = {self.source_split}: expected train/val/test shares summing to 1")
+        return out
+
+
+@dataclass(frozen=True)
+class DomainRandomization:
+    p: float = knob(ge=0.0, le=1.0, doc="share of videos with a randomized background texture and palette")
+    noise: float = knob(ge=0.0, le=1.0, doc="std of the background noise texture (0..1 intensity)")
+
+
+@dataclass(frozen=True)
+class BouncingShapesConfig:
+    shapes: list[Literal["circle", "square", "triangle"]] = knob(min_len=1, doc="shape kinds to draw")
+    shapes_per_video: int = knob(ge=1, le=4, doc="shapes per video; the first one performs the action cue")
+    shape_size: list[int] = knob(ge=3, le=64, min_len=2, doc="[min, max] shape size in pixels")
+    speed: list[float] = knob(ge=0.0, le=16.0, min_len=2, doc="[min, max] initial speed in pixels per frame")
+    speed_change: float = knob(gt=1.0, le=4.0, doc="factor the speed is multiplied/divided by at the action")
+    domain_randomization: DomainRandomization = knob()
+
+    def check(self) -> list[str]:
+        out = []
+        for name in ("shape_size", "speed"):
+            v = getattr(self, name)
+            if len(v) != 2 or v[0] > v[1]:
+                out.append(f"bouncing_shapes.{name} = {v}: expected [min, max] with min <= max")
+        return out
+
+
+@dataclass(frozen=True)
+class VideoFolderConfig:
+    root: Optional[str] = knob(doc="folder holding the videos; every manifest path must stay inside it")
+    manifest: str = knob(doc="CSV (path,label[,split][,caption]) relative to root")
+    on_error: Literal["skip", "fail"] = knob(doc="what an unreadable or corrupt video does")
+    split_shares: dict[str, float] = knob(ge=0.0, le=1.0, doc="train/val/test shares when the manifest has no split")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: DatasetName = knob(doc="dataset the training stages use")
+    build: list[DatasetName] = knob(min_len=1, doc="datasets the `data` stage generates")
+    root: str = knob(doc="where datasets are written, relative to the project root")
+    seed: int = knob(ge=0, doc="generation seed; the same seed gives the same bytes")
+    frames: int = knob(ge=2, le=256, doc="frames per video")
+    frame_size: int = knob(ge=8, le=1024, doc="height and width of the stored frames")
+    num_videos: SplitCounts = knob(doc="videos per split for the synthetic datasets")
+    moving_digits: MovingDigitsConfig = knob()
+    bouncing_shapes: BouncingShapesConfig = knob()
+    video_folder: VideoFolderConfig = knob()
+
+    def check(self) -> list[str]:
+        out = []
+        if "video_folder" in self.build or self.name == "video_folder":
+            if not self.video_folder.root:
+                out.append("data.video_folder.root is null: set it to your videos folder to use `video_folder`")
+        if self.name not in self.build:
+            out.append(f"data.name = {self.name!r} is not in data.build = {self.build}: add it so it gets built")
+        if len(set(self.build)) != len(self.build):
+            out.append(f"data.build = {self.build}: lists a dataset twice")
+        return out
+
+
+@dataclass(frozen=True)
+class ColorJitter:
+    brightness: float = knob(ge=0.0, le=1.0, doc="max relative brightness change")
+    contrast: float = knob(ge=0.0, le=1.0, doc="max relative contrast change")
+    saturation: float = knob(ge=0.0, le=1.0, doc="max relative saturation change")
+    hue: float = knob(ge=0.0, le=0.5, doc="max hue shift (fraction of the colour wheel)")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = knob(doc="apply training-time augmentation (never to val/test)")
+    color_jitter: ColorJitter = knob()
+    random_crop_padding: int = knob(ge=0, le=64, doc="pad then crop back at a random offset (0: off)")
+    hflip_p: float = knob(ge=0.0, le=1.0, doc="probability of a horizontal flip")
+    vflip_p: float = knob(ge=0.0, le=1.0, doc="probability of a vertical flip")
+    rotation_deg: float = knob(ge=0.0, le=180.0, doc="max rotation in degrees (same angle for every frame)")
+    frame_strides: list[int] = knob(ge=1, le=8, min_len=1, doc="temporal stride drawn per clip (stride jitter)")
+    reverse_p: float = knob(ge=0.0, le=1.0, doc="probability of playing a clip backwards")
+    clip_frames: Optional[int] = knob(ge=2, doc="frames per sampled clip (null: all frames, fixed start)")
+
+
+@dataclass(frozen=True)
+class Normalize:
+    mode: Literal["imagenet", "dataset", "half", "none"] = knob(
+        doc="imagenet: the ImageNet mean/std; dataset: train-split statistics; half: map [0,1] to [-1,1]"
+    )
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    resize: int = knob(ge=8, le=2048, doc="resize the shorter side to this (seed: 256 then crop 224)")
+    crop_size: int = knob(ge=8, le=2048, doc="center crop to this square size after resizing")
+    normalize: Normalize = knob()
+    augment: AugmentConfig = knob()
+
+    def check(self) -> list[str]:
+        if self.crop_size > self.resize:
+            return [f"preprocess.crop_size = {self.crop_size} > preprocess.resize = {self.resize}: crop must fit"]
+        return []
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["usam"] = knob(doc="registered model to train")
+    width: int = knob(ge=16, le=8192, doc="transformer width")
+    depth: int = knob(ge=1, le=128, doc="transformer blocks")
+    heads: int = knob(ge=1, le=128, doc="attention heads")
+    dropout: float = knob(ge=0.0, le=0.5, doc="dropout (seed: modest)")
+    drop_path: float = knob(ge=0.0, le=0.5, doc="stochastic depth rate")
+
+    def check(self) -> list[str]:
+        if self.width % self.heads:
+            return [f"model.width = {self.width} is not divisible by model.heads = {self.heads}"]
+        return []
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = knob(gt=0.0, le=1.0, doc="peak AdamW learning rate (seed: 1e-4..3e-4)")
+    weight_decay: float = knob(ge=0.0, le=1.0, doc="AdamW weight decay (seed: 1e-3..1e-2)")
+    grad_clip: float = knob(ge=0.0, le=100.0, doc="max global grad norm, 0 disables (seed: 1..5)")
+    batch_size: int = knob(ge=1, le=65536, doc="per-step batch size")
+    epochs: int = knob(ge=1, le=100000, doc="passes over the train split")
+    warmup_steps: int = knob(ge=0, doc="linear warmup steps before the decay")
+    schedule: Literal["cosine", "cosine_restarts", "linear", "constant"] = knob(doc="decay after warmup")
+    precision: Literal["fp32", "bf16"] = knob(doc="bf16 autocast or full fp32")
+    deterministic: bool = knob(doc="torch deterministic algorithms (bit-exact CPU runs)")
+    dataloader_workers: int = knob(ge=0, le=64, doc="DataLoader worker processes")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = knob(ge=1, le=65536, doc="evaluation batch size")
+    num_samples: int = knob(ge=1, doc="generated videos per evaluation")
+    inception_weights: Optional[str] = knob(doc="local Inception-v3 weights for standard FID/IS (never downloaded)")
+    lpips_weights: Optional[str] = knob(doc="local LPIPS backbone weights (never downloaded)")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: Optional[str] = knob(doc="MLflow tracking URI; null: sqlite file `mlflow.db` in the project")
+    artifact_root: Optional[str] = knob(doc="artifact folder for new experiments; null: `mlartifacts/` in the project")
+    experiment: str = knob(doc="MLflow experiment name")
+    enabled: bool = knob(doc="record runs in MLflow")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: Optional[str] = knob(doc="existing Ray cluster (e.g. ray://head:10001 or auto); null: start a local one")
+    num_cpus: Optional[int] = knob(ge=1, doc="CPUs for a local Ray instance; null: this machine's count")
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = knob(ge=0, doc="run seed: python, numpy, torch, DataLoader and workers")
+    data: DataConfig = knob()
+    preprocess: PreprocessConfig = knob()
+    model: ModelConfig = knob()
+    train: TrainConfig = knob()
+    eval: EvalConfig = knob()
+    tracking: TrackingConfig = knob()
+    ray: RayConfig = knob()

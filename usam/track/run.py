@@ -1,0 +1,245 @@
+"""The one MLflow run context every stage, trainer and trial uses.
+
+``tracked_run(cfg, stage=...)`` opens a run on the configured store and records, before
+any work starts: the flattened resolved config as params, provenance tags (git commit
+and dirty flag, DVC hashes, seeds, command line, config hash), ``provenance.json`` and
+``config.yaml`` as artifacts. Datasets are attached with :meth:`TrackedRun.log_dataset`.
+
+It uses an explicit ``MlflowClient`` (no fluent global state), so several runs can be
+open in one process and nothing leaks between tests, Ray workers or Tune trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from usam.config import Config, config_hash, flatten, to_dict, to_yaml
+from usam.errors import UsamError
+from usam.paths import find_project_root, resolve
+from usam.track import provenance
+
+MAX_PARAM_CHARS = 6000  # MLflow's limit for one param value
+MAX_TAG_CHARS = 5000
+
+
+def tracking_uri(cfg: Config, root: Path) -> str:
+    """The configured URI, with sqlite paths made absolute (DVC and Ray change the cwd)."""
+    uri = cfg.tracking.uri
+    if uri is None:
+        return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{resolve(uri[len('sqlite:///'):], root)}"
+    return uri
+
+
+def artifact_root(cfg: Config, root: Path) -> str:
+    """Absolute artifact location for new experiments (a URI like s3://... is kept as is)."""
+    location = cfg.tracking.artifact_root
+    if location is None:
+        return (root / "mlartifacts").resolve().as_uri()
+    if "://" in location:
+        return location
+    return resolve(location, root).as_uri()
+
+
+def client_for(cfg: Config, root: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(cfg, root))
+
+
+def ensure_experiment(client, name: str, location: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+@dataclass
+class TrackedRun:
+    """A handle on one open MLflow run (a no-op when tracking is disabled)."""
+
+    client: Any
+    run_id: str | None
+    root: Path
+    _pending: list = field(default_factory=list)
+
+    @property
+    def enabled(self) -> bool:
+        return self.run_id is not None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Buffer metrics; they are sent in one batch on :meth:`flush` or at the end of the run."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
+        if len(self._pending) >= 500:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.enabled and self._pending:
+            for start in range(0, len(self._pending), 1000):  # MLflow's batch limit
+                self.client.log_batch(self.run_id, metrics=self._pending[start : start + 1000])
+            self._pending.clear()
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, _clip(str(v), MAX_TAG_CHARS)) for k, v in tags.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, tags=items[start : start + 100])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.enabled:
+            self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self.log_text(json.dumps(data, indent=1, sort_keys=True, default=str), artifact_file)
+
+    def log_dataset(self, name: str, split: str, sha256: str, source: str | Path, card: Path | None = None) -> None:
+        """Attach a dataset split as an MLflow input, identified by its content hash."""
+        if not self.enabled:
+            return
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+
+        source_uri = Path(source).resolve().as_uri() if "://" not in str(source) else str(source)
+        dataset = MetaDataset(LocalArtifactDatasetSource(source_uri), name=f"{name}/{split}", digest=sha256[:32])
+        tags = [InputTag("mlflow.data.context", split), InputTag("sha256", sha256)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
+        self.set_tags({f"data.{name}.{split}.sha256": sha256})
+        if card is not None and Path(card).is_file():
+            self.log_artifact(card, f"datasets/{name}")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 15] + "...[truncated]"
+
+
+def _params(cfg: Config) -> dict[str, str]:
+    return {k: _clip(provenance.redact(str(v)), MAX_PARAM_CHARS) for k, v in flatten(to_dict(cfg)).items()}
+
+
+def _provenance_tags(prov: dict[str, Any], cfg: Config, stage: str) -> dict[str, Any]:
+    git, dvc = prov["git"], prov["dvc"]
+    tags = {
+        "usam.stage": stage,
+        "usam.config_hash": config_hash(cfg),
+        "usam.command": prov["command"],
+        "git.commit": git["commit"] or "unknown",
+        "git.dirty": str(git["dirty"]).lower() if git["dirty"] is not None else "unknown",
+        "dvc.lock_sha256": dvc["sha256"] or "none",
+        "env.lock_sha256": prov["software"]["lock_file_sha256"] or "none",
+        "env.python": prov["software"]["python"],
+        "env.torch": prov["software"]["torch"],
+        "env.cuda": prov["software"]["cuda"] or "none",
+        "hardware.cpu": prov["hardware"]["cpu_model"],
+        "hardware.gpus": ",".join(g["name"] for g in prov["hardware"]["gpus"]) or "none",
+        "mlflow.source.git.commit": git["commit"] or "",
+    }
+    tags.update({f"seed.{k}": v for k, v in prov["seeds"].items()})
+    for entry in dvc["stages"].values():  # an out belongs to exactly one stage, so its path is the key
+        for path, md5 in entry["outs"].items():
+            tags["dvc.out." + re.sub(r"[^\w\-./: ]", "_", path)] = md5
+    return tags
+
+
+@contextlib.contextmanager
+def tracked_run(
+    cfg: Config,
+    *,
+    stage: str,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    root: Path | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[TrackedRun]:
+    """Open a run with full provenance; mark it FAILED (and re-raise) if the body raises."""
+    root = (root or find_project_root()).resolve()
+    if not cfg.tracking.enabled:
+        yield TrackedRun(client=None, run_id=None, root=root)
+        return
+    client = client_for(cfg, root)
+    try:
+        _check_reachable(tracking_uri(cfg, root))
+        experiment_id = ensure_experiment(client, cfg.tracking.experiment, artifact_root(cfg, root))
+    except Exception as exc:
+        raise UsamError(
+            f"cannot reach the MLflow tracking store: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            where=provenance.redact(tracking_uri(cfg, root)),
+            fix="start the server (or fix tracking.uri), or run with tracking.enabled=false",
+        ) from None
+    prov = provenance.capture(root, seeds={"seed": cfg.seed, "data.seed": cfg.data.seed})
+    start_tags = {"mlflow.runName": run_name or stage}
+    if parent_run_id:
+        start_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name or stage, tags=start_tags)
+    handle = TrackedRun(client=client, run_id=run.info.run_id, root=root)
+    try:
+        params = _params(cfg)
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            client.log_batch(handle.run_id, params=items[start : start + 100])
+        handle.set_tags({**_provenance_tags(prov, cfg, stage), **(tags or {})})
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True, default=str))
+            (Path(tmp) / "config.yaml").write_text(provenance.redact(to_yaml(cfg)))
+            client.log_artifact(handle.run_id, str(Path(tmp) / "provenance.json"))
+            client.log_artifact(handle.run_id, str(Path(tmp) / "config.yaml"))
+        yield handle
+    except BaseException:
+        handle.flush()
+        client.set_terminated(handle.run_id, status="FAILED" if not _interrupted() else "KILLED")
+        raise
+    else:
+        handle.flush()
+        client.set_terminated(handle.run_id, status="FINISHED")
+
+
+def _check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when a tracking server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # the server answered; auth or routing is MLflow's business
+    except (urllib.error.URLError, OSError) as exc:
+        raise ConnectionError(getattr(exc, "reason", exc)) from None
+
+
+def _interrupted() -> bool:
+    import sys
+
+    exc = sys.exc_info()[1]
+    return isinstance(exc, KeyboardInterrupt)
