@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         run.log_dict(card, f"datasets/{args.name}/card.json")
         for split, sha in dataset_hashes(out).items():
             run.log_dataset(args.name, split, sha, out / split, card=out / "CARD.md")
-    print(f"data/{args.name}: " + ", ".join(f"{s}={v['size']}" for s, v in card["splits"].items()))
+    print(f"data/{args.name}: " + ", ".join(f"{s}={v['count']}" for s, v in card["splits"].items()))
 
 
 if __name__ == "__main__":

@@ -129,3 +129,17 @@ def test_cli_help_explains_itself(tmp_path):
     assert "train.lr=2e-4" in proc.stdout
     schema = run(["usam", "config", "schema"], cwd=tmp_path).stdout
     assert "train.lr: a number, > 0.0 and <= 1.0" in schema
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data.moving_digits.digit_size=40", "the digit must fit in the frame"),
+        ("data.bouncing_shapes.shape_size=[6,40]", "the largest shape must fit"),
+        ("data.moving_digits.source_split={train: 1.0, val: 0.0, test: 0.0}", "every split needs a share > 0"),
+        ("preprocess.augment.clip_frames=9", "clip_frames = 9 > data.frames = 8"),
+    ],
+)
+def test_cross_field_rules(override, expected):
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        compose([override])

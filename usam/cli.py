@@ -96,7 +96,7 @@ def cmd_data_build(args) -> int:
     for name in args.names or cfg.data.build:
         raw = resolve(cfg.data.root, root) / "raw" / name
         card = build_dataset(cfg, name, raw)
-        print(f"{name}: " + ", ".join(f"{s} {v['size']}" for s, v in card["splits"].items()) + f" -> {raw}")
+        print(f"{name}: " + ", ".join(f"{s} {v['count']}" for s, v in card["splits"].items()) + f" -> {raw}")
         if not args.raw_only:
             prepared = resolve(cfg.data.root, root) / "prepared" / name
             preprocess_dataset(cfg, raw, prepared)

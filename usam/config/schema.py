@@ -36,6 +36,8 @@ class MovingDigitsConfig:
             out.append(f"moving_digits.speed = {self.speed}: expected [min, max] with min <= max")
         if set(self.source_split) != {"train", "val", "test"} or abs(sum(self.source_split.values()) - 1) > 1e-6:
             out.append(f"moving_digits.source_split = {self.source_split}: expected train/val/test shares summing to 1")
+        elif min(self.source_split.values()) <= 0:
+            out.append(f"moving_digits.source_split = {self.source_split}: every split needs a share > 0")
         return out
 
 
@@ -52,6 +54,7 @@ class BouncingShapesConfig:
     shape_size: list[int] = knob(ge=3, le=64, min_len=2, doc="[min, max] shape size in pixels")
     speed: list[float] = knob(ge=0.0, le=16.0, min_len=2, doc="[min, max] initial speed in pixels per frame")
     speed_change: float = knob(gt=1.0, le=4.0, doc="factor the speed is multiplied/divided by at the action")
+    direction_jitter_deg: float = knob(ge=0.0, le=40.0, doc="max deviation of the cued direction from its axis")
     domain_randomization: DomainRandomization = knob()
 
     def check(self) -> list[str]:
@@ -93,6 +96,12 @@ class DataConfig:
             out.append(f"data.name = {self.name!r} is not in data.build = {self.build}: add it so it gets built")
         if len(set(self.build)) != len(self.build):
             out.append(f"data.build = {self.build}: lists a dataset twice")
+        if self.moving_digits.digit_size > self.frame_size:
+            out.append(f"data.moving_digits.digit_size = {self.moving_digits.digit_size} > data.frame_size = "
+                       f"{self.frame_size}: the digit must fit in the frame")
+        if self.bouncing_shapes.shape_size[-1] > self.frame_size:
+            out.append(f"data.bouncing_shapes.shape_size = {self.bouncing_shapes.shape_size}: the largest shape "
+                       f"must fit in data.frame_size = {self.frame_size}")
         return out
 
 
@@ -198,3 +207,9 @@ class Config:
     eval: EvalConfig = knob()
     tracking: TrackingConfig = knob()
     ray: RayConfig = knob()
+
+    def check(self) -> list[str]:
+        clip = self.preprocess.augment.clip_frames
+        if clip is not None and clip > self.data.frames:
+            return [f"preprocess.augment.clip_frames = {clip} > data.frames = {self.data.frames}: a clip must fit"]
+        return []

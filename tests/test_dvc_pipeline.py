@@ -1,0 +1,120 @@
+"""The DVC pipeline end to end, with real DVC in a throwaway git repository."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, TINY, run, tracked_files
+from usam.config import compose
+from usam.track import client_for
+
+DATASETS = ("moving_digits", "bouncing_shapes")
+
+
+def _clone(dest: Path, overrides: list[str]) -> Path:
+    """A fresh-clone-like copy of the project with params.yaml composed from ``overrides``."""
+    for rel in tracked_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target)
+    run(["usam", "config", "write-params", *overrides], cwd=dest)
+    run(["git", "init", "-q"], cwd=dest)
+    run(["git", "add", "-A"], cwd=dest)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "clone"], cwd=dest)
+    return dest
+
+
+def _split_counts(root: Path, stage: str, name: str) -> dict[str, int]:
+    return {s: int(np.load(root / "data" / stage / name / s / "labels.npy").shape[0]) for s in ("train", "val", "test")}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """One `dvc repro` of the data stages, shared by the tests below."""
+    root = _clone(tmp_path_factory.mktemp("pipeline"), TINY)
+    proc = run(["dvc", "repro"], cwd=root)
+    assert "Running stage 'data@moving_digits'" in proc.stdout
+    return root
+
+
+def test_repro_builds_every_dataset_and_locks_its_hashes(built: Path):
+    lock = yaml.safe_load((built / "dvc.lock").read_text())["stages"]
+    for name in DATASETS:
+        assert _split_counts(built, "raw", name) == {"train": 12, "val": 4, "test": 4}
+        assert _split_counts(built, "prepared", name) == {"train": 12, "val": 4, "test": 4}
+        videos = np.load(built / "data" / "prepared" / name / "train" / "videos.npy")
+        assert videos.shape == (12, 8, 32, 32, 3) and videos.dtype == np.uint8
+        out = lock[f"data@{name}"]["outs"][0]
+        assert out["path"] == f"data/raw/{name}" and out["md5"].endswith(".dir")
+        assert lock[f"data@{name}"]["params"]["params.yaml"]["data.num_videos"]["train"] == 12
+        card = json.loads((built / "data" / "raw" / name / "card.json").read_text())
+        assert card["name"] == name
+    run(["usam", "data", "verify"], cwd=built)
+
+
+def test_a_second_repro_is_a_no_op(built: Path):
+    lock_before = (built / "dvc.lock").read_bytes()
+    proc = run(["dvc", "repro"], cwd=built)
+    assert "Data and pipelines are up to date." in proc.stdout
+    assert "Running stage" not in proc.stdout
+    assert (built / "dvc.lock").read_bytes() == lock_before
+    assert "up to date" in run(["dvc", "status"], cwd=built).stdout
+
+
+def test_every_stage_run_is_tracked_with_its_datasets(built: Path):
+    cfg = compose(TINY)
+    client = client_for(cfg, built)
+    experiment = client.get_experiment_by_name("usam")
+    runs = client.search_runs([experiment.experiment_id])
+    names = sorted(r.info.run_name for r in runs)
+    assert names == sorted([f"{stage}/{d}" for stage in ("data", "preprocess") for d in DATASETS])
+    manifest = json.loads((built / "data" / "raw" / "moving_digits" / "manifest.json").read_text())
+    data_run = next(r for r in runs if r.info.run_name == "data/moving_digits")
+    assert data_run.info.status == "FINISHED"
+    inputs = {i.dataset.name: {t.key: t.value for t in i.tags}["sha256"] for i in data_run.inputs.dataset_inputs}
+    assert inputs == {f"moving_digits/{s}": manifest["splits"][s]["content_sha256"] for s in ("train", "val", "test")}
+    assert data_run.data.params["data.num_videos.train"] == "12"
+
+
+def test_push_and_pull_through_the_default_local_remote(built: Path):
+    before = (built / "data" / "raw" / "moving_digits" / "train" / "videos.npy").read_bytes()
+    run(["dvc", "push"], cwd=built)
+    assert any((built / ".dvc-remote").rglob("*")), "the default remote is the project's .dvc-remote folder"
+    shutil.rmtree(built / "data")
+    shutil.rmtree(built / ".dvc" / "cache")
+    run(["dvc", "pull"], cwd=built)
+    assert (built / "data" / "raw" / "moving_digits" / "train" / "videos.npy").read_bytes() == before
+    assert "up to date" in run(["dvc", "status"], cwd=built).stdout
+
+
+def test_a_stage_with_missing_input_fails_clearly_and_leaves_no_output(tmp_path: Path):
+    root = _clone(tmp_path / "proj", TINY)
+    proc = run(["python", "-m", "pipelines.preprocess", "moving_digits"], cwd=root, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "data/raw/moving_digits" in proc.stderr and "dvc repro" in proc.stderr
+    assert not (root / "data" / "prepared" / "moving_digits").exists()
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_overrides_compose_the_hydra_tree(tmp_path: Path):
+    root = _clone(tmp_path / "proj", TINY)
+    assert compose().train.lr != pytest.approx(1e-4)  # the override must be a real change
+    sets = [arg for o in [*TINY, "data.num_videos.val=5", "train.lr=1e-4"] for arg in ("-S", o)]
+    run(["dvc", "exp", "run", *sets], cwd=root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert params["train"]["lr"] == pytest.approx(1e-4)
+    assert params["data"]["num_videos"]["val"] == 5
+    assert _split_counts(root, "raw", "moving_digits")["val"] == 5  # the stage really re-ran
+    rows = json.loads(run(["dvc", "exp", "show", "--json"], cwd=root).stdout)
+    baseline = next(r for r in rows if r["rev"] != "workspace")
+    lr = lambda rev: rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"]  # noqa: E731
+    assert lr(baseline) == pytest.approx(compose().train.lr)
+    (experiment,) = baseline["experiments"]
+    assert [lr(rev) for rev in experiment["revs"]] == [pytest.approx(1e-4)]
