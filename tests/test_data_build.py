@@ -162,3 +162,16 @@ def test_unknown_dataset_name(tmp_path):
     with pytest.raises(DataError, match="unknown dataset"):
         build_dataset(cfg(), "imagenet", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_leftovers_of_a_killed_build_are_cleaned_by_the_next_build(tmp_path):
+    out = tmp_path / "data" / "moving_digits"
+    stale = [out.parent / ".moving_digits.tmp-deadbeef", out.parent / ".moving_digits.old-cafe"]
+    for folder in stale:
+        (folder / "train").mkdir(parents=True)
+    unrelated = out.parent / ".other.tmp-1234"
+    unrelated.mkdir()
+    build_dataset(cfg(), "moving_digits", out)
+    assert not any(folder.exists() for folder in stale)
+    assert unrelated.exists()  # another dataset's build is none of this one's business
+    verify_dataset(out)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
+from tqdm import tqdm
 
 from usam.config.schema import DataConfig
 from usam.data.decode import DecodeError, read_clip
@@ -150,7 +151,8 @@ def load_video_folder(cfg: DataConfig) -> FolderDataset:
     splits = _assign(entries, has_split, cfg)
     clips: dict[str, list] = {s: [] for s in SPLITS}
     skipped = []
-    for entry, split in zip(entries, splits):
+    # tqdm shows a bar on a terminal and stays quiet in logs and CI (disable=None)
+    for entry, split in tqdm(list(zip(entries, splits)), desc="decoding videos", unit="video", disable=None):
         try:
             clip, info = read_clip(entry.file, cfg.frames, cfg.frame_size)
         except DecodeError as exc:
