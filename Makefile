@@ -11,8 +11,8 @@ setup: $(VENV)/.installed
 # Reinstall whenever the lock or the package metadata changes.
 $(VENV)/.installed: environment.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r environment.lock
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install -qq --require-hashes --no-deps -r environment.lock
+	$(BIN)/python -m pip install -qq --no-deps --no-build-isolation -e .
 	touch $@
 
 repro: setup            ## run the whole paper pipeline on the embedded default
