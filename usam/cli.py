@@ -118,6 +118,22 @@ def cmd_data_verify(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import dataclasses
+
+    from usam.train import fit
+
+    cfg = _config(args)
+    if args.address:
+        cfg = dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, address=args.address))
+    result = fit(cfg, args.task, out_dir=args.out, resume_run_id=args.resume)
+    print(f"run {result.run_id} (Ray run {result.ray_run_name}) finished in {result.train_seconds:.0f}s")
+    print(f"weights {result.weights_path}  sha256 {result.weights_sha256}")
+    shown = {k: round(v, 4) for k, v in result.metrics.items() if k not in ("step", "epoch")}
+    print(f"step {result.metrics.get('step')} epoch {result.metrics.get('epoch')} " + " ".join(f"{k} {v}" for k, v in shown.items()))
+    return 0
+
+
 def cmd_ui(args) -> int:
     from usam.paths import find_project_root
     from usam.track import artifact_root, tracking_uri
@@ -185,6 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--params", metavar="FILE")
     _add_overrides(verify)
     verify.set_defaults(fn=cmd_data_verify)
+
+    from usam.train.tasks import TASKS
+
+    train = sub.add_parser(
+        "train", help="train a model on Ray Train (DDP), tracked in MLflow",
+        description="Train TASK with the validated config. Examples:\n"
+        "  usam train evaluator_clip data.name=bouncing_shapes evaluator.train.workers=2\n"
+        "  usam train evaluator_frame --resume <mlflow-run-id>    # continue an interrupted run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("task", choices=TASKS, help="what to train")
+    train.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run from its last checkpoint")
+    train.add_argument("--address", help="join this Ray cluster (overrides ray.address), e.g. auto or ray://head:10001")
+    train.add_argument("--out", type=Path, help="folder for the final weights (default: inside the Ray run folder)")
+    train.add_argument("--params", metavar="FILE", help="read this composed config instead of the tree")
+    _add_overrides(train)
+    train.set_defaults(fn=cmd_train)
 
     ui = sub.add_parser("ui", help="open the MLflow UI over the configured store")
     ui.add_argument("--host", default="127.0.0.1")

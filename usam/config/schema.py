@@ -166,13 +166,39 @@ class TrainConfig:
     lr: float = knob(gt=0.0, le=1.0, doc="peak AdamW learning rate (seed: 1e-4..3e-4)")
     weight_decay: float = knob(ge=0.0, le=1.0, doc="AdamW weight decay (seed: 1e-3..1e-2)")
     grad_clip: float = knob(ge=0.0, le=100.0, doc="max global grad norm, 0 disables (seed: 1..5)")
-    batch_size: int = knob(ge=1, le=65536, doc="per-step batch size")
+    batch_size: int = knob(ge=1, le=65536, doc="samples per optimizer step on each worker")
+    grad_accum: int = knob(ge=1, le=1024, doc="micro-batches accumulated per optimizer step")
     epochs: int = knob(ge=1, le=100000, doc="passes over the train split")
-    warmup_steps: int = knob(ge=0, doc="linear warmup steps before the decay")
+    max_steps: Optional[int] = knob(ge=1, doc="stop after this many optimizer steps (null: all epochs)")
+    warmup_steps: int = knob(ge=0, doc="linear warmup steps before the decay (seed: thousands at full scale)")
     schedule: Literal["cosine", "cosine_restarts", "linear", "constant"] = knob(doc="decay after warmup")
-    precision: Literal["fp32", "bf16"] = knob(doc="bf16 autocast or full fp32")
+    restart_steps: int = knob(ge=1, doc="cycle length of cosine_restarts, in optimizer steps")
+    min_lr_ratio: float = knob(ge=0.0, le=1.0, doc="floor of the decay as a fraction of lr")
+    label_smoothing: float = knob(ge=0.0, lt=1.0, doc="label smoothing of classification losses")
+    ema_decay: float = knob(ge=0.0, lt=1.0, doc="EMA of weights per optimizer step (0: off)")
+    precision: Literal["fp32", "bf16", "fp16"] = knob(doc="autocast dtype; bf16 also on CPU, fp16 needs CUDA")
+    grad_checkpointing: bool = knob(doc="recompute block activations in backward to save memory")
     deterministic: bool = knob(doc="torch deterministic algorithms (bit-exact CPU runs)")
-    dataloader_workers: int = knob(ge=0, le=64, doc="DataLoader worker processes")
+    dataloader_workers: int = knob(ge=0, le=64, doc="DataLoader worker processes per training worker")
+    workers: int = knob(ge=1, le=4096, doc="Ray Train workers (DDP ranks)")
+    use_gpu: bool = knob(doc="one GPU per worker, NCCL backend")
+    cpus_per_worker: float = knob(gt=0.0, le=256.0, doc="CPUs reserved per worker")
+    threads_per_worker: int = knob(ge=1, le=256, doc="torch intra-op threads per worker")
+    backend: Literal["auto", "gloo", "nccl"] = knob(doc="DDP backend; auto: nccl on GPU, gloo on CPU")
+    checkpoint_every: int = knob(ge=1, doc="optimizer steps between checkpoints (also at each epoch end)")
+    keep_checkpoints: int = knob(ge=1, le=1000, doc="checkpoints kept in Ray storage")
+    max_failures: int = knob(ge=0, le=1000, doc="worker-group restarts from the last checkpoint")
+    log_every: int = knob(ge=1, doc="optimizer steps between logged metrics and progress lines")
+    fault_injection_step: Optional[int] = knob(ge=1, doc="chaos test: inject a fault once at this step (null: off)")
+    fault_injection_kind: Literal["kill", "nan_loss"] = knob(doc="kill: rank 0 process dies; nan_loss: rank 0 loss becomes NaN")
+
+    def check(self) -> list[str]:
+        out = []
+        if self.precision == "fp16" and not self.use_gpu:
+            out.append("train.precision = 'fp16' needs train.use_gpu=true (on CPU use bf16)")
+        if self.backend == "nccl" and not self.use_gpu:
+            out.append("train.backend = 'nccl' needs train.use_gpu=true (CPU workers use gloo)")
+        return out
 
 
 @dataclass(frozen=True)
@@ -195,6 +221,23 @@ class TrackingConfig:
 class RayConfig:
     address: Optional[str] = knob(doc="existing Ray cluster (e.g. ray://head:10001 or auto); null: start a local one")
     num_cpus: Optional[int] = knob(ge=1, doc="CPUs for a local Ray instance; null: this machine's count")
+    object_store_mb: int = knob(ge=64, doc="object store size of a local Ray instance, MiB")
+    storage_path: str = knob(doc="Ray Train run folders (checkpoints), relative to the project root or a URI")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    width: int = knob(ge=4, le=1024, doc="channels of the first stage (doubled per stage)")
+    stages: int = knob(ge=1, le=6, doc="residual stages, each halving the resolution")
+    dropout: float = knob(ge=0.0, le=0.9, doc="dropout before the head")
+    drop_path: float = knob(ge=0.0, le=0.5, doc="stochastic depth rate of the residual blocks")
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    frame: ClassifierConfig = knob(doc="per-frame image classifier (features for FID/IS/KID, perceptual distance)")
+    clip: ClassifierConfig = knob(doc="per-clip video classifier (features for FVD-domain)")
+    train: TrainConfig = knob(doc="their training recipe (inherits usam/conf/train/default.yaml)")
 
 
 @dataclass(frozen=True)
@@ -207,6 +250,7 @@ class Config:
     eval: EvalConfig = knob()
     tracking: TrackingConfig = knob()
     ray: RayConfig = knob()
+    evaluator: EvaluatorConfig = knob()
 
     def check(self) -> list[str]:
         clip = self.preprocess.augment.clip_frames

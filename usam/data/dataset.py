@@ -37,7 +37,11 @@ def denormalize(video: torch.Tensor, stats: dict) -> torch.Tensor:
 class VideoDataset(torch.utils.data.Dataset):
     """Items: {"video": float32 (T, C, H, W) normalized, "label": int64 tensor, "index": i}."""
 
-    def __init__(self, split_dir: Path, preprocess_cfg: PreprocessConfig, *, train: bool, seed: int):
+    def __init__(
+        self, split_dir: Path, preprocess_cfg: PreprocessConfig, *, train: bool, seed: int,
+        labels: np.ndarray | None = None,
+    ):
+        """``labels`` replaces labels.npy, e.g. a per-frame target derived from meta.json."""
         self.split_dir = Path(split_dir)
         self.cfg = preprocess_cfg
         self.train = train
@@ -56,7 +60,7 @@ class VideoDataset(torch.utils.data.Dataset):
                 fix=REPREP,
             ) from None
         self._mean, self._std = _stats_tensor(self.stats)
-        self.labels = self._load("labels.npy", mmap=False)
+        self.labels = self._load("labels.npy", mmap=False) if labels is None else np.asarray(labels, np.int64)
         videos = self._load("videos.npy", mmap=True)
         if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3 or len(videos) != len(self.labels):
             raise DataError(
@@ -82,6 +86,13 @@ class VideoDataset(torch.utils.data.Dataset):
             return json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             raise DataError(f"{PREPROCESS_JSON} is corrupt", where=str(path), fix=REPREP) from None
+
+    def meta(self) -> dict:
+        """The split's meta.json: captions and per-video metadata."""
+        try:
+            return json.loads((self.split_dir / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise DataError("meta.json is missing or corrupt", where=str(self.split_dir / "meta.json"), fix=REPREP) from None
 
     def _label_names(self) -> list[str]:
         try:

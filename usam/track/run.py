@@ -178,8 +178,13 @@ def tracked_run(
     parent_run_id: str | None = None,
     root: Path | None = None,
     tags: Mapping[str, Any] | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[TrackedRun]:
-    """Open a run with full provenance; mark it FAILED (and re-raise) if the body raises."""
+    """Open a run with full provenance; mark it FAILED (and re-raise) if the body raises.
+
+    ``resume_run_id`` reopens an interrupted run instead of creating one; its recorded
+    config hash must equal ``cfg``'s, so a resumed run never mixes two configurations.
+    """
     root = (root or find_project_root()).resolve()
     if not cfg.tracking.enabled:
         yield TrackedRun(client=None, run_id=None, root=root)
@@ -194,6 +199,11 @@ def tracked_run(
             where=provenance.redact(tracking_uri(cfg, root)),
             fix="start the server (or fix tracking.uri), or run with tracking.enabled=false",
         ) from None
+    if resume_run_id is not None:
+        handle = _reopen(client, resume_run_id, cfg, root)
+        with _terminate_on_exit(client, handle):
+            yield handle
+        return
     prov = provenance.capture(root, seeds={"seed": cfg.seed, "data.seed": cfg.data.seed})
     start_tags = {"mlflow.runName": run_name or stage}
     if parent_run_id:
@@ -213,14 +223,45 @@ def tracked_run(
             (Path(tmp) / "config.yaml").write_text(provenance.redact(to_yaml(cfg)))
             client.log_artifact(handle.run_id, str(Path(tmp) / "provenance.json"))
             client.log_artifact(handle.run_id, str(Path(tmp) / "config.yaml"))
-        yield handle
     except BaseException:
-        handle.flush()
-        client.set_terminated(handle.run_id, status="FAILED" if not _interrupted() else "KILLED")
+        client.set_terminated(handle.run_id, status="FAILED")
         raise
-    else:
+    with _terminate_on_exit(client, handle):
+        yield handle
+
+
+@contextlib.contextmanager
+def _terminate_on_exit(client, handle: TrackedRun) -> Iterator[None]:
+    """FINISHED on success, KILLED on Ctrl-C, FAILED otherwise; buffered metrics are sent first."""
+    try:
+        yield
+    except BaseException as exc:
         handle.flush()
-        client.set_terminated(handle.run_id, status="FINISHED")
+        client.set_terminated(handle.run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    handle.flush()
+    client.set_terminated(handle.run_id, status="FINISHED")
+
+
+def _reopen(client, run_id: str, cfg: Config, root: Path) -> TrackedRun:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise UsamError(
+            f"no run {run_id!r} in the tracking store", where=provenance.redact(client.tracking_uri),
+            fix="copy the run id from `usam ui` or the output of the interrupted command",
+        ) from None
+    recorded = run.data.tags.get("usam.config_hash")
+    if recorded != config_hash(cfg):
+        raise UsamError(
+            f"run {run_id} was started with another configuration (config hash {recorded}, now {config_hash(cfg)})",
+            where=f"run {run_id}",
+            fix="resume with the same overrides as the original command (see its usam.command tag)",
+        )
+    client.update_run(run_id, status="RUNNING")
+    return TrackedRun(client=client, run_id=run_id, root=root)
 
 
 def _check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -237,9 +278,3 @@ def _check_reachable(uri: str, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError) as exc:
         raise ConnectionError(getattr(exc, "reason", exc)) from None
 
-
-def _interrupted() -> bool:
-    import sys
-
-    exc = sys.exc_info()[1]
-    return isinstance(exc, KeyboardInterrupt)

@@ -1,0 +1,56 @@
+"""DVC stage `evaluators`: train the frame and clip classifiers of one dataset through the harness.
+
+Writes <models>/evaluators/<name>/{frame,clip}.pt and metrics/evaluators/<name>.json
+(val/test accuracy, chance level, weights sha256, parameters, training time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from usam.config import load_params
+from usam.data.atomic import atomic_dir
+from usam.errors import main_guard
+from usam.eval.evaluators import accuracy
+from usam.paths import find_project_root, resolve
+from usam.track import client_for
+from usam.train import fit, with_dataset
+from usam.train.tasks import make_task
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("name", help="dataset, one of data.build")
+    args = parser.parse_args(argv)
+    root = find_project_root()
+    cfg = with_dataset(load_params(root / "params.yaml"), args.name)
+    out = root / "models" / "evaluators" / args.name
+    report = {}
+    with atomic_dir(out) as tmp:
+        for kind in ("frame", "clip"):
+            task_name = f"evaluator_{kind}"
+            result = fit(cfg, task_name, root=root, out_dir=tmp / f".{kind}", run_name=f"evaluators/{args.name}/{kind}")
+            shutil.move(result.weights_path, tmp / f"{kind}.pt")
+            task = make_task(task_name, cfg, resolve(cfg.data.root, root))
+            scores = {s: accuracy(task, tmp / f"{kind}.pt", s, expected_sha256=result.weights_sha256) for s in ("val", "test")}
+            shutil.rmtree(tmp / f".{kind}")
+            client = client_for(cfg, root)
+            for split, score in scores.items():
+                client.log_metric(result.run_id, f"{split}/acc", score["acc"])
+            report[kind] = {
+                "val_acc": scores["val"]["acc"], "test_acc": scores["test"]["acc"], "chance": scores["test"]["chance"],
+                "weights_sha256": result.weights_sha256, "train_seconds": round(result.train_seconds, 1),
+                "mlflow_run_id": result.run_id,
+            }
+            print(f"evaluators/{args.name}/{kind}: test acc {scores['test']['acc']:.3f} (chance {scores['test']['chance']:.3f})")
+    metrics = root / "metrics" / "evaluators" / f"{args.name}.json"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

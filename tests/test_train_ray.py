@@ -1,0 +1,126 @@
+"""The training harness on a real local Ray instance (Train V2, DDP over gloo on CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from usam.config import compose
+from usam.data import build_dataset, preprocess_dataset
+from usam.errors import DataError, UsamError
+from usam.track import client_for
+from usam.train import checkpoint as ckpt
+from usam.train import fit
+from usam.train.tasks import make_task
+
+pytestmark = pytest.mark.slow
+
+DATA = ["data.num_videos.train=48", "data.num_videos.val=8", "data.num_videos.test=8"]
+# 2 workers x 24 videos / batch 4: 6 steps an epoch; 8 steps cross the epoch boundary.
+SMALL_RUN = [
+    "data.name=bouncing_shapes", "evaluator.clip.width=8", "evaluator.train.batch_size=4",
+    "evaluator.train.epochs=2", "evaluator.train.max_steps=8", "evaluator.train.warmup_steps=2",
+    "evaluator.train.checkpoint_every=3", "evaluator.train.log_every=2", "evaluator.train.max_failures=1",
+]
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, ray_instance) -> Path:
+    """A project with both datasets built and preprocessed (small)."""
+    root = tmp_path_factory.mktemp("train")
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    cfg = compose(DATA)
+    for name in ("bouncing_shapes", "moving_digits"):
+        build_dataset(cfg, name, root / "data" / "raw" / name)
+        preprocess_dataset(cfg, root / "data" / "raw" / name, root / "data" / "prepared" / name)
+    return root
+
+
+def _weights(result) -> dict:
+    return torch.load(result.weights_path, weights_only=True)["model"]
+
+
+def test_ddp_ranks_agree_and_a_killed_worker_resumes_bit_exactly(project: Path):
+    plain = fit(compose([*DATA, *SMALL_RUN, "evaluator.train.workers=2"]), "evaluator_clip", root=project)
+    chaos_cfg = compose([*DATA, *SMALL_RUN, "evaluator.train.workers=2", "evaluator.train.fault_injection_step=5"])
+    chaos = fit(chaos_cfg, "evaluator_clip", root=project)
+
+    # the failure really happened (after the step-3 checkpoint, mid-epoch) and training went on
+    assert (project / "outputs" / "ray" / chaos.ray_run_name / ".fault-injected").is_file()
+    assert plain.metrics["step"] == chaos.metrics["step"] == 8
+    # bit-identical final weights, uninterrupted vs killed-and-resumed
+    a, b = _weights(plain), _weights(chaos)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert plain.weights_sha256 != "" and ckpt.state_digest(a) == ckpt.state_digest(b)
+    # and training did change the weights
+    task = make_task("evaluator_clip", chaos_cfg, project / "data")
+    torch.manual_seed(chaos_cfg.seed)
+    init = task.build_model().state_dict()
+    assert any(not torch.equal(init[k], a[k]) for k in a)
+    # both DDP ranks held the same weights at the last checkpoint
+    folder = Path(chaos.checkpoint_path)
+    digests = {torch.load(folder / f"rank{r}.pt", weights_only=True)["weights_sha256"] for r in (0, 1)}
+    assert digests == {ckpt.state_digest(a)}
+
+    # MLflow holds the curves, the checkpoint hash and the checkpoint itself
+    client = client_for(chaos_cfg, project)
+    record = client.get_run(chaos.run_id)
+    assert record.info.status == "FINISHED"
+    assert record.data.tags["checkpoint.sha256"] == chaos.weights_sha256
+    assert int(record.data.tags["model.parameters"]) == sum(t.numel() for t in a.values() if t.dtype.is_floating_point)
+    assert {"train/ce", "train/lr", "train/grad_norm", "train/samples_per_s", "val/acc", "train_seconds"} <= set(
+        record.data.metrics
+    )
+    assert [m.step for m in client.get_metric_history(chaos.run_id, "val/acc")][-1] == 8
+    artifacts = {a.path for a in client.list_artifacts(chaos.run_id, "checkpoints")}
+    assert artifacts == {"checkpoints/weights.pt"}
+
+
+def test_a_nan_loss_stops_with_the_step_named_and_keeps_the_last_good_checkpoint(project: Path):
+    cfg = compose([*DATA, *SMALL_RUN, "evaluator.train.fault_injection_kind=nan_loss", "evaluator.train.fault_injection_step=4"])
+    with pytest.raises(UsamError) as info:
+        fit(cfg, "evaluator_clip", root=project)
+    message = str(info.value)
+    assert "NaN/inf at step 4" in message and "lower train.lr" in message
+    last = Path(message.split("last good checkpoint: ")[1].splitlines()[0])
+    shared, _ = ckpt.read(last, 0)  # verified against its checksums
+    assert shared["progress"]["step"] == 3
+
+
+def test_unplaceable_workers_and_missing_data_fail_before_training(project: Path, tmp_path: Path):
+    with pytest.raises(UsamError, match=r"8 worker\(s\) need 8 CPU .* the Ray cluster has 2 CPU"):
+        fit(compose([*DATA, *SMALL_RUN, "evaluator.train.workers=8"]), "evaluator_clip", root=project)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "dvc.yaml").write_text("stages: {}\n")
+    with pytest.raises(DataError, match="dvc repro preprocess@bouncing_shapes"):
+        fit(compose([*DATA, *SMALL_RUN]), "evaluator_clip", root=empty)
+    assert not (empty / "mlflow.db").exists()  # nothing was started, nothing recorded
+
+
+def test_the_clip_evaluator_learns_the_action_cue(tmp_path_factory, ray_instance):
+    root = tmp_path_factory.mktemp("learn")
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    data = ["data.num_videos.train=320", "data.num_videos.val=48", "data.num_videos.test=96"]
+    cfg = compose([*data, "data.name=bouncing_shapes", "evaluator.train.batch_size=16", "evaluator.train.epochs=6",
+                   "evaluator.train.precision=bf16"])
+    build_dataset(cfg, "bouncing_shapes", root / "data" / "raw" / "bouncing_shapes")
+    preprocess_dataset(cfg, root / "data" / "raw" / "bouncing_shapes", root / "data" / "prepared" / "bouncing_shapes")
+    result = fit(cfg, "evaluator_clip", root=root)
+    from usam.eval.evaluators import accuracy
+
+    task = make_task("evaluator_clip", cfg, root / "data")
+    test = accuracy(task, result.weights_path, "test", expected_sha256=result.weights_sha256)
+    assert test["chance"] == pytest.approx(1 / 8)
+    assert test["acc"] >= 3 * test["chance"], test  # 8 action cues: a wide margin over chance

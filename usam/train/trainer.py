@@ -1,0 +1,221 @@
+"""The driver side of training: one `fit` for `dvc repro`, `usam train` and Tune trials alike.
+
+It validates everything that can fail before Ray starts (config, data, resources), opens
+the MLflow run, runs ``train_worker`` on a Ray Train ``TorchTrainer`` (DDP, gloo on CPU,
+NCCL on GPU), and writes the final weights atomically with their sha256.
+Each run gets a unique Ray run name: Train V2 silently resumes a re-used name, so only
+``resume_run_id`` (``usam train --resume``) re-uses one, on purpose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from usam.config import Config, to_dict
+from usam.errors import UsamError
+from usam.paths import find_project_root, resolve
+from usam.track import tracked_run, tracking_uri
+from usam.train import checkpoint as ckpt
+from usam.train.tasks import TASKS, make_task
+
+
+@dataclass(frozen=True)
+class FitResult:
+    run_id: str
+    ray_run_name: str
+    weights_path: Path
+    weights_sha256: str
+    metrics: dict
+    train_seconds: float
+    checkpoint_path: str  # the last checkpoint Ray kept (every rank's part, with checksums)
+
+
+def ensure_ray(cfg: Config) -> None:
+    """Join ``ray.address`` or start a local instance sized by ``ray.num_cpus``, once per process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.ray.address:
+        try:
+            ray.init(address=cfg.ray.address, log_to_driver=True)
+        except Exception as exc:
+            raise UsamError(
+                f"cannot join the Ray cluster at {cfg.ray.address!r}: {str(exc).splitlines()[0] if str(exc) else exc}",
+                where="ray.address", fix="start the cluster (`ray start --head`) or set ray.address=null for a local one",
+            ) from None
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+                 object_store_memory=cfg.ray.object_store_mb * 2**20, log_to_driver=True)
+
+
+def check_resources(task_cfg, cluster: dict) -> None:
+    """A worker group the cluster cannot place would wait forever: say so before starting."""
+    need_cpu = task_cfg.workers * task_cfg.cpus_per_worker
+    need_gpu = task_cfg.workers if task_cfg.use_gpu else 0
+    have_cpu, have_gpu = cluster.get("CPU", 0), cluster.get("GPU", 0)
+    if need_cpu > have_cpu or need_gpu > have_gpu:
+        raise UsamError(
+            f"{task_cfg.workers} worker(s) need {need_cpu:g} CPU and {need_gpu} GPU; the Ray cluster has "
+            f"{have_cpu:g} CPU and {have_gpu:g} GPU",
+            where="train.workers / train.cpus_per_worker / train.use_gpu",
+            fix="lower the worker count or cpus_per_worker, or join a larger cluster with ray.address",
+        )
+
+
+def _storage(cfg: Config, root: Path) -> str:
+    path = cfg.ray.storage_path
+    return path if "://" in path else str(resolve(path, root))
+
+
+def fit(
+    cfg: Config,
+    task_name: str,
+    *,
+    out_dir: Path | None = None,
+    root: Path | None = None,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+) -> FitResult:
+    """Train ``task_name`` on ``cfg``; returns where the final weights are and what was measured."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if task_name not in TASKS:
+        raise UsamError(f"unknown task {task_name!r}", where="usam train TASK", fix=f"use one of {', '.join(TASKS)}")
+    root = (root or find_project_root()).resolve()
+    data_root = resolve(cfg.data.root, root)
+    task = make_task(task_name, cfg, data_root)
+    tcfg = task.train_cfg
+    task.check_data()
+    ensure_ray(cfg)
+    check_resources(tcfg, ray.cluster_resources())
+
+    storage = _storage(cfg, root)
+    if resume_run_id:
+        ray_name = _recorded_ray_name(cfg, root, resume_run_id)
+    else:
+        ray_name = f"{task_name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    out_dir = Path(out_dir) if out_dir else Path(storage) / ray_name / "final"
+    backend = tcfg.backend if tcfg.backend != "auto" else ("nccl" if tcfg.use_gpu else "gloo")
+
+    with tracked_run(cfg, stage=f"train/{task_name}", run_name=run_name or ray_name, root=root,
+                     parent_run_id=parent_run_id, resume_run_id=resume_run_id,
+                     tags={"ray.run_name": ray_name, "ray.storage_path": storage, "usam.task": task_name}) as run:
+        payload = {
+            "config": to_dict(cfg), "task": task_name, "data_root": str(data_root),
+            "tracking_uri": tracking_uri(cfg, root), "run_id": run.run_id, "log_every": tcfg.log_every,
+            "fault_marker": str(Path(storage) / ray_name / ".fault-injected"),
+            "nonfinite_marker": str(Path(storage) / ray_name / "nonfinite.json"),
+        }
+        Path(payload["nonfinite_marker"]).unlink(missing_ok=True)  # a resumed run starts with a clean slate
+        resources = {"CPU": tcfg.cpus_per_worker, **({"GPU": 1} if tcfg.use_gpu else {})}
+        trainer = TorchTrainer(
+            _entry, train_loop_config=payload, torch_config=TorchConfig(backend=backend),
+            scaling_config=ScalingConfig(num_workers=tcfg.workers, use_gpu=tcfg.use_gpu, resources_per_worker=resources),
+            run_config=RunConfig(
+                name=ray_name, storage_path=storage, failure_config=FailureConfig(max_failures=tcfg.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints),
+            ),
+        )
+        start = time.perf_counter()
+        try:
+            result = trainer.fit()
+        except Exception as exc:
+            raise UsamError(
+                f"training failed after {tcfg.max_failures} restart(s): {_first_line(exc)}",
+                where=f"Ray run {ray_name} under {storage}",
+                fix=f"read the worker log above; continue from the last checkpoint with `usam train {task_name} "
+                f"--resume {run.run_id}`",
+            ) from None
+        seconds = time.perf_counter() - start
+        nonfinite = Path(payload["nonfinite_marker"])
+        if nonfinite.is_file():
+            last = result.checkpoint.path if result.checkpoint else "none"
+            raise UsamError(
+                f"the loss became NaN/inf at step {json.loads(nonfinite.read_text())['step']}; training stopped",
+                where=f"run {run.run_id}; last good checkpoint: {last}",
+                fix="lower train.lr, raise train.warmup_steps, set train.grad_clip, or use precision=fp32",
+            )
+        weights, sha, count = _export_final(result.checkpoint, out_dir, task)
+        metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        run.log_metrics({"train_seconds": seconds}, step=int(metrics.get("step", 0)))
+        run.set_tags({"checkpoint.sha256": sha, "checkpoint.path": str(weights), "model.parameters": count})
+        run.log_artifact(weights, "checkpoints")
+        return FitResult(run.run_id, ray_name, weights, sha, metrics, seconds, result.checkpoint.path)
+
+
+def _entry(payload: dict) -> None:
+    from usam.train.loop import train_worker
+
+    train_worker(payload)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _export_final(checkpoint, out_dir: Path, task) -> tuple[Path, str, int]:
+    """The final weights (and EMA, when kept) as one file, written atomically; returns path, sha256, parameter count."""
+    import torch
+
+    from usam.models import parameter_count
+
+    if checkpoint is None:
+        raise UsamError("training reported no checkpoint", where="Ray result", fix="check train.epochs / max_steps")
+    with checkpoint.as_directory() as folder:
+        shared, _ = ckpt.read(Path(folder), 0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = task.build_model()
+    model.load_state_dict(shared["model"])
+    payload = {"model": shared["model"], "progress": shared["progress"], "task": task.name,
+               "num_classes": getattr(model, "head").out_features if hasattr(model, "head") else None}
+    if shared.get("ema") is not None:
+        payload["ema"] = {name: t for (name, _), t in zip(model.named_parameters(), shared["ema"])}
+    path = out_dir / "weights.pt"
+    sha = ckpt.atomic_torch_save(payload, path)
+    return path, sha, parameter_count(model)
+
+
+def _recorded_ray_name(cfg: Config, root: Path, run_id: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    from usam.track import client_for
+
+    try:
+        tags = client_for(cfg, root).get_run(run_id).data.tags
+    except MlflowException:
+        raise UsamError(f"no run {run_id!r} in the tracking store", where=tracking_uri(cfg, root),
+                        fix="copy the run id from `usam ui` or the interrupted command's output") from None
+    if "ray.run_name" not in tags:
+        raise UsamError(f"run {run_id} is not a training run (no ray.run_name tag)", where=f"run {run_id}",
+                        fix="pass the id of a `usam train` run")
+    return tags["ray.run_name"]
+
+
+def load_weights(path: Path, expected_sha256: str | None = None) -> dict:
+    """Load exported weights (``weights_only=True``), checking the sha256 first when one is given."""
+    import torch
+
+    from usam.track.provenance import sha256_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsamError(f"weights file {path} not found", where=str(path), fix="train the model first")
+    if expected_sha256 and sha256_file(path) != expected_sha256:
+        raise ckpt.CheckpointError(f"{path.name} does not match its recorded sha256", where=str(path),
+                                   fix="the file changed since training: re-run training or restore it")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def with_dataset(cfg: Config, name: str) -> Config:
+    """``cfg`` with ``data.name`` set (the DVC stages loop over datasets)."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name=name))
