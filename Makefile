@@ -19,10 +19,10 @@ repro: setup            ## run the whole paper pipeline on the embedded default
 	dvc repro
 
 test: setup             ## the full test suite, slow tests included (what CI runs)
-	pytest -n 2 --timeout 1200
+	pytest -n 2 --dist loadfile --timeout 1200
 
 test-fast: setup        ## the quick inner loop: everything but the slow tests
-	pytest -n 2 -m "not slow"
+	pytest -n 2 --dist loadfile -m "not slow"
 
 lock:                   ## re-resolve pyproject.toml into environment.lock (run after editing dependencies)
 	$(BIN)/usam env lock

@@ -17,6 +17,11 @@ TINY = [
     "data.num_videos.train=12",
     "data.num_videos.val=4",
     "data.num_videos.test=4",
+    "evaluator.frame.width=4",
+    "evaluator.clip.width=4",
+    "evaluator.train.batch_size=4",
+    "evaluator.train.epochs=1",
+    "evaluator.train.max_steps=2",
 ]
 
 

@@ -38,7 +38,7 @@ def _split_counts(root: Path, stage: str, name: str) -> dict[str, int]:
 def built(tmp_path_factory) -> Path:
     """One `dvc repro` of the data stages, shared by the tests below."""
     root = _clone(tmp_path_factory.mktemp("pipeline"), TINY)
-    proc = run(["dvc", "repro"], cwd=root)
+    proc = run(["dvc", "repro", "preprocess"], cwd=root)
     assert "Running stage 'data@moving_digits'" in proc.stdout
     return root
 
@@ -60,11 +60,11 @@ def test_repro_builds_every_dataset_and_locks_its_hashes(built: Path):
 
 def test_a_second_repro_is_a_no_op(built: Path):
     lock_before = (built / "dvc.lock").read_bytes()
-    proc = run(["dvc", "repro"], cwd=built)
+    proc = run(["dvc", "repro", "preprocess"], cwd=built)
     assert "Data and pipelines are up to date." in proc.stdout
     assert "Running stage" not in proc.stdout
     assert (built / "dvc.lock").read_bytes() == lock_before
-    assert "up to date" in run(["dvc", "status"], cwd=built).stdout
+    assert "up to date" in run(["dvc", "status", "preprocess"], cwd=built).stdout
 
 
 def test_every_stage_run_is_tracked_with_its_datasets(built: Path):
@@ -84,13 +84,13 @@ def test_every_stage_run_is_tracked_with_its_datasets(built: Path):
 
 def test_push_and_pull_through_the_default_local_remote(built: Path):
     before = (built / "data" / "raw" / "moving_digits" / "train" / "videos.npy").read_bytes()
-    run(["dvc", "push"], cwd=built)
+    run(["dvc", "push", "--with-deps", "preprocess"], cwd=built)
     assert any((built / ".dvc-remote").rglob("*")), "the default remote is the project's .dvc-remote folder"
     shutil.rmtree(built / "data")
     shutil.rmtree(built / ".dvc" / "cache")
-    run(["dvc", "pull"], cwd=built)
+    run(["dvc", "pull", "--with-deps", "preprocess"], cwd=built)
     assert (built / "data" / "raw" / "moving_digits" / "train" / "videos.npy").read_bytes() == before
-    assert "up to date" in run(["dvc", "status"], cwd=built).stdout
+    assert "up to date" in run(["dvc", "status", "preprocess"], cwd=built).stdout
 
 
 def test_a_stage_with_missing_input_fails_clearly_and_leaves_no_output(tmp_path: Path):
@@ -107,7 +107,7 @@ def test_dvc_exp_run_overrides_compose_the_hydra_tree(tmp_path: Path):
     root = _clone(tmp_path / "proj", TINY)
     assert compose().train.lr != pytest.approx(1e-4)  # the override must be a real change
     sets = [arg for o in [*TINY, "data.num_videos.val=5", "train.lr=1e-4"] for arg in ("-S", o)]
-    run(["dvc", "exp", "run", *sets], cwd=root)
+    run(["dvc", "exp", "run", "preprocess", *sets], cwd=root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     assert params["train"]["lr"] == pytest.approx(1e-4)
     assert params["data"]["num_videos"]["val"] == 5
@@ -118,3 +118,22 @@ def test_dvc_exp_run_overrides_compose_the_hydra_tree(tmp_path: Path):
     assert lr(baseline) == pytest.approx(compose().train.lr)
     (experiment,) = baseline["experiments"]
     assert [lr(rev) for rev in experiment["revs"]] == [pytest.approx(1e-4)]
+
+
+@pytest.mark.slow
+def test_the_evaluators_stage_trains_through_the_harness_and_reports_metrics(built: Path):
+    run(["dvc", "repro", "evaluators"], cwd=built)
+    for name in DATASETS:
+        report = json.loads((built / "metrics" / "evaluators" / f"{name}.json").read_text())
+        for kind in ("frame", "clip"):
+            weights = built / "models" / "evaluators" / name / f"{kind}.pt"
+            from usam.track.provenance import sha256_file
+
+            assert sha256_file(weights) == report[kind]["weights_sha256"]
+            assert 0.0 <= report[kind]["test_acc"] <= 1.0 and report[kind]["chance"] > 0
+            record = client_for(compose(TINY), built).get_run(report[kind]["mlflow_run_id"])
+            assert record.data.tags["checkpoint.sha256"] == report[kind]["weights_sha256"]
+            assert record.data.metrics["test/acc"] == pytest.approx(report[kind]["test_acc"])
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], cwd=built).stdout)
+    assert "test_acc" in json.dumps(shown)
+    assert "Data and pipelines are up to date." in run(["dvc", "repro"], cwd=built).stdout

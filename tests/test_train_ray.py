@@ -124,3 +124,42 @@ def test_the_clip_evaluator_learns_the_action_cue(tmp_path_factory, ray_instance
     test = accuracy(task, result.weights_path, "test", expected_sha256=result.weights_sha256)
     assert test["chance"] == pytest.approx(1 / 8)
     assert test["acc"] >= 3 * test["chance"], test  # 8 action cues: a wide margin over chance
+
+
+def test_usam_train_resume_continues_an_interrupted_run_bit_exactly(project: Path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import run, venv_env
+
+    overrides = [*DATA, *SMALL_RUN, "evaluator.train.max_steps=24", "evaluator.train.epochs=3"]
+    runs_dir = project / "outputs" / "ray"
+    before = set(runs_dir.iterdir()) if runs_dir.exists() else set()
+    first = subprocess.Popen(["usam", "train", "evaluator_clip", *overrides], cwd=project, env=venv_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while True:  # interrupt as soon as the first checkpoint exists, like a Ctrl-C
+        new = [d for d in (set(runs_dir.iterdir()) if runs_dir.exists() else set()) - before if d.is_dir()]
+        if new and any(new[0].glob("checkpoint_*")):
+            break
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read() if first.poll() else "timeout"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGINT)
+    first.wait(timeout=120)
+    (ray_dir,) = new
+    assert not (ray_dir / "final" / "weights.pt").exists(), "the first run finished before the interrupt"
+
+    cfg = compose(overrides)
+    client = client_for(cfg, project)
+    (interrupted,) = [r for r in client.search_runs(["1"]) if r.data.tags.get("ray.run_name") == ray_dir.name]
+    assert interrupted.info.status != "FINISHED"
+    resumed = run(["usam", "train", "evaluator_clip", *overrides, "--resume", interrupted.info.run_id], cwd=project)
+    assert f"run {interrupted.info.run_id}" in resumed.stdout
+    assert client.get_run(interrupted.info.run_id).info.status == "FINISHED"
+
+    reference = fit(cfg, "evaluator_clip", root=project)
+    a = torch.load(ray_dir / "final" / "weights.pt", weights_only=True)["model"]
+    b = _weights(reference)
+    assert all(torch.equal(a[k], b[k]) for k in b)

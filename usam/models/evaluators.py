@@ -79,7 +79,8 @@ class FrameClassifier(_Classifier):
 
 @register("clip_classifier")
 class ClipClassifier(_Classifier):
-    """Input (N, C, T, H, W): a clip per sample; time is downsampled as well as space."""
+    """Input (N, C, T, H, W): a clip per sample. Only space is downsampled: short clips keep every frame,
+    which lifted digit accuracy well above a (2, 2, 2) stride at the same budget."""
 
     conv = nn.Conv3d
-    stride = (2, 2, 2)
+    stride = (1, 2, 2)

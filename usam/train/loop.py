@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from usam.config.schema import Config
 from usam.config.validate import build
-from usam.seeding import derive_seed, seed_everything, worker_init_fn
+from usam.seeding import dataloader_generator, derive_seed, seed_everything, worker_init_fn
 from usam.train import checkpoint as ckpt
 from usam.train.sampler import ShardedEpochSampler
 from usam.train.schedule import build_scheduler
@@ -153,9 +153,12 @@ def train_worker(payload: dict) -> None:
     while not done and progress.epoch < tcfg.epochs:
         sampler.set_epoch(progress.epoch, start=progress.micro * tcfg.batch_size)
         train_ds.set_epoch(progress.epoch)
+        # An explicit generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
+        # and a run resumed mid-epoch would draw once more than the uninterrupted one (other dropout masks).
         loader = DataLoader(
             train_ds, batch_size=tcfg.batch_size, sampler=sampler, drop_last=True,
             num_workers=tcfg.dataloader_workers, worker_init_fn=worker_init_fn,
+            generator=dataloader_generator(cfg.seed, "train", progress.epoch, rank),
         )
         model.train()
         for batch in loader:
@@ -230,7 +233,7 @@ def _inject_failure_once(marker: Path) -> None:
 
 def _validate(task, model, dataset, batch_size, rank, world, device) -> dict[str, float]:
     sampler = ShardedEpochSampler(len(dataset), rank=rank, world=world, seed=0, shuffle=False)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=dataloader_generator(0, "val", rank))
     sums = _all_sum(task.evaluate(model, loader, device), device)
     model.train()
     seen = max(sums["seen"], 1.0)

@@ -109,6 +109,8 @@ def fit(
     with tracked_run(cfg, stage=f"train/{task_name}", run_name=run_name or ray_name, root=root,
                      parent_run_id=parent_run_id, resume_run_id=resume_run_id,
                      tags={"ray.run_name": ray_name, "ray.storage_path": storage, "usam.task": task_name}) as run:
+        print(f"MLflow run {run.run_id} (Ray run {ray_name}); if interrupted, continue with "
+              f"`usam train {task_name} <same overrides> --resume {run.run_id}`", flush=True)
         payload = {
             "config": to_dict(cfg), "task": task_name, "data_root": str(data_root),
             "tracking_uri": tracking_uri(cfg, root), "run_id": run.run_id, "log_every": tcfg.log_every,
