@@ -170,6 +170,10 @@ class CpuSampler:
     def usage(self, t0: float, t1: float) -> dict | None:
         """Cores used per own-process label, and by all other processes, between wall times t0 and t1."""
         inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if len(inside) < 2:  # a window shorter than the sampling interval: widen to the samples around it
+            before = [s for s in self.samples if s[0] <= t0][-1:]
+            after = [s for s in self.samples if s[0] >= t1][:1]
+            inside = before + inside + after
         if len(inside) < 2:
             return None
         (ta, a), (tb, b) = inside[0], inside[-1]
@@ -532,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         if twos and wides:
             scaling = med([a["samples_per_s"] / b["samples_per_s"] for a, b in zip(twos, wides)])
             for label, runs in (("2x1", twos), ("1x2", wides)):
+                if any(r["name"] == f"ray_{label}_steady" for r in rows):
+                    continue  # --threads 2: the 1x2 run is the overhead run, already listed
                 rows += [
                     {"name": f"ray_{label}_steady", "value": med([r["samples_per_s"] for r in runs]), "unit": "samples/s"},
                     {"name": f"ray_{label}_fit_wall_clock", "value": med([r["wall_s"] for r in runs]), "unit": "s"},

@@ -134,7 +134,9 @@ def test_usam_train_resume_continues_an_interrupted_run_bit_exactly(project: Pat
 
     from conftest import run, venv_env
 
-    overrides = [*DATA, *SMALL_RUN, "evaluator.train.max_steps=24", "evaluator.train.epochs=3"]
+    # also exercises gradient accumulation and the EMA, both of which must survive the restart
+    overrides = [*DATA, *SMALL_RUN, "evaluator.train.max_steps=24", "evaluator.train.epochs=3",
+                 "evaluator.train.grad_accum=2", "evaluator.train.batch_size=2", "evaluator.train.ema_decay=0.9"]
     runs_dir = project / "outputs" / "ray"
     before = set(runs_dir.iterdir()) if runs_dir.exists() else set()
     first = subprocess.Popen(["usam", "train", "evaluator_clip", *overrides], cwd=project, env=venv_env(),
@@ -160,6 +162,10 @@ def test_usam_train_resume_continues_an_interrupted_run_bit_exactly(project: Pat
     assert client.get_run(interrupted.info.run_id).info.status == "FINISHED"
 
     reference = fit(cfg, "evaluator_clip", root=project)
-    a = torch.load(ray_dir / "final" / "weights.pt", weights_only=True)["model"]
-    b = _weights(reference)
-    assert all(torch.equal(a[k], b[k]) for k in b)
+    resumed_file = torch.load(ray_dir / "final" / "weights.pt", weights_only=True)
+    reference_file = torch.load(reference.weights_path, weights_only=True)
+    for part in ("model", "ema"):
+        a, b = resumed_file[part], reference_file[part]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b), part
+    model, ema = reference_file["model"], reference_file["ema"]
+    assert any(not torch.equal(model[k], ema[k]) for k in ema)  # the EMA is a distinct average

@@ -109,3 +109,27 @@ def test_the_atomic_write_survives_a_kill_during_the_write(tmp_path):
     version = int(state["version"])
     assert torch.equal(state["blob"], torch.full((4_000_000,), float(version)))
     assert version >= 1, "the writer never completed a save; the test proved nothing"
+
+
+def test_exported_weights_with_a_wrong_hash_are_refused(tmp_path):
+    from usam.train import load_weights
+
+    path = tmp_path / "weights.pt"
+    sha = ckpt.atomic_torch_save({"model": {"w": torch.ones(2)}}, path)
+    assert torch.equal(load_weights(path, sha)["model"]["w"], torch.ones(2))
+    with pytest.raises(ckpt.CheckpointError, match="does not match its recorded sha256"):
+        load_weights(path, "0" * 64)
+
+
+def test_usam_train_without_data_or_with_a_bad_config_is_one_clear_error(project):
+    from conftest import run
+
+    missing = run(["usam", "train", "evaluator_clip", "data.name=bouncing_shapes"], cwd=project, check=False)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "no prepared train split for dataset 'bouncing_shapes'" in missing.stderr
+    assert "dvc repro preprocess@bouncing_shapes" in missing.stderr
+    assert not (project / "mlflow.db").exists() and not (project / "outputs").exists()
+    bad = run(["usam", "train", "evaluator_clip", "evaluator.train.precision=fp16"], cwd=project, check=False)
+    assert bad.returncode == 2 and "evaluator.train.precision = 'fp16' needs evaluator.train.use_gpu=true" in bad.stderr
+    unknown = run(["usam", "train", "tokenizer"], cwd=project, check=False)
+    assert unknown.returncode == 2 and "invalid choice: 'tokenizer'" in unknown.stderr

@@ -195,9 +195,9 @@ class TrainConfig:
     def check(self) -> list[str]:
         out = []
         if self.precision == "fp16" and not self.use_gpu:
-            out.append("train.precision = 'fp16' needs train.use_gpu=true (on CPU use bf16)")
+            out.append("{path}.precision = 'fp16' needs {path}.use_gpu=true (on CPU use bf16)")
         if self.backend == "nccl" and not self.use_gpu:
-            out.append("train.backend = 'nccl' needs train.use_gpu=true (CPU workers use gloo)")
+            out.append("{path}.backend = 'nccl' needs {path}.use_gpu=true (CPU workers use gloo)")
         return out
 
 

@@ -168,7 +168,8 @@ def _build(cls: type, data: dict, path: str, problems: _Problems) -> Any:
         object.__setattr__(obj, name, value)
     check = getattr(obj, "check", None)
     if check is not None and not problems:
-        problems.extend(check())
+        # a check written for a reusable section names its keys "{path}.key"
+        problems.extend(p.replace("{path}", path) for p in check())
     return obj
 
 
