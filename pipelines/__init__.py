@@ -1,1 +1,18 @@
 """One small module per DVC stage: read params.yaml, call the usam library, write the stage's outs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from usam.config import Config, load_params
+from usam.paths import find_project_root
+
+
+def dataset_stage(doc: str, argv: list[str] | None = None) -> tuple[str, Path, Config]:
+    """The shared preamble of the per-dataset stages: (dataset name, project root, validated params)."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("name", help="dataset, one of data.build")
+    name = parser.parse_args(argv).name
+    root = find_project_root()
+    return name, root, load_params(root / "params.yaml")

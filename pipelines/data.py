@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
-
-from usam.config import load_params
+from pipelines import dataset_stage
 from usam.data import build_dataset, dataset_hashes
 from usam.errors import main_guard
-from usam.paths import find_project_root, resolve
+from usam.paths import resolve
 from usam.track import tracked_run
 
 
 @main_guard
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("name", help="dataset to build, one of data.build")
-    args = parser.parse_args(argv)
-    root = find_project_root()
-    cfg = load_params(root / "params.yaml")
-    out = resolve(cfg.data.root, root) / "raw" / args.name
-    with tracked_run(cfg, stage="data", run_name=f"data/{args.name}", root=root) as run:
-        card = build_dataset(cfg, args.name, out)
-        run.log_dict(card, f"datasets/{args.name}/card.json")
+    name, root, cfg = dataset_stage(__doc__, argv)
+    out = resolve(cfg.data.root, root) / "raw" / name
+    with tracked_run(cfg, stage="data", run_name=f"data/{name}", root=root) as run:
+        card = build_dataset(cfg, name, out)
+        run.log_dict(card, f"datasets/{name}/card.json")
         for split, sha in dataset_hashes(out).items():
-            run.log_dataset(args.name, split, sha, out / split, card=out / "CARD.md")
-    print(f"data/{args.name}: " + ", ".join(f"{s}={v['count']}" for s, v in card["splits"].items()))
+            run.log_dataset(name, split, sha, out / split, card=out / "CARD.md")
+    print(f"data/{name}: " + ", ".join(f"{s}={v['count']}" for s, v in card["splits"].items()))
 
 
 if __name__ == "__main__":

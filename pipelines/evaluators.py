@@ -6,16 +6,14 @@ Writes <models>/evaluators/<name>/{frame,clip}.pt and metrics/evaluators/<name>.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-from pathlib import Path
 
-from usam.config import load_params
+from pipelines import dataset_stage
 from usam.data.atomic import atomic_dir
 from usam.errors import main_guard
 from usam.eval.evaluators import accuracy
-from usam.paths import find_project_root, resolve
+from usam.paths import resolve
 from usam.track import client_for
 from usam.train import fit, with_dataset
 from usam.train.tasks import make_task
@@ -23,17 +21,14 @@ from usam.train.tasks import make_task
 
 @main_guard
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("name", help="dataset, one of data.build")
-    args = parser.parse_args(argv)
-    root = find_project_root()
-    cfg = with_dataset(load_params(root / "params.yaml"), args.name)
-    out = root / "models" / "evaluators" / args.name
+    name, root, cfg = dataset_stage(__doc__, argv)
+    cfg = with_dataset(cfg, name)
+    out = root / "models" / "evaluators" / name
     report = {}
     with atomic_dir(out) as tmp:
         for kind in ("frame", "clip"):
             task_name = f"evaluator_{kind}"
-            result = fit(cfg, task_name, root=root, out_dir=tmp / f".{kind}", run_name=f"evaluators/{args.name}/{kind}")
+            result = fit(cfg, task_name, root=root, out_dir=tmp / f".{kind}", run_name=f"evaluators/{name}/{kind}")
             shutil.move(result.weights_path, tmp / f"{kind}.pt")
             task = make_task(task_name, cfg, resolve(cfg.data.root, root))
             scores = {s: accuracy(task, tmp / f"{kind}.pt", s, expected_sha256=result.weights_sha256) for s in ("val", "test")}
@@ -46,8 +41,8 @@ def main(argv: list[str] | None = None) -> None:
                 "weights_sha256": result.weights_sha256, "train_seconds": round(result.train_seconds, 1),
                 "mlflow_run_id": result.run_id,
             }
-            print(f"evaluators/{args.name}/{kind}: test acc {scores['test']['acc']:.3f} (chance {scores['test']['chance']:.3f})")
-    metrics = root / "metrics" / "evaluators" / f"{args.name}.json"
+            print(f"evaluators/{name}/{kind}: test acc {scores['test']['acc']:.3f} (chance {scores['test']['chance']:.3f})")
+    metrics = root / "metrics" / "evaluators" / f"{name}.json"
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
 

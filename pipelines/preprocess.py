@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
-
-from usam.config import load_params
+from pipelines import dataset_stage
 from usam.data import dataset_hashes, preprocess_dataset
 from usam.errors import main_guard
-from usam.paths import find_project_root, resolve
+from usam.paths import resolve
 from usam.track import tracked_run
 
 
 @main_guard
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("name", help="dataset to preprocess, one of data.build")
-    args = parser.parse_args(argv)
-    root = find_project_root()
-    cfg = load_params(root / "params.yaml")
+    name, root, cfg = dataset_stage(__doc__, argv)
     data_root = resolve(cfg.data.root, root)
-    raw, out = data_root / "raw" / args.name, data_root / "prepared" / args.name
-    with tracked_run(cfg, stage="preprocess", run_name=f"preprocess/{args.name}", root=root) as run:
+    raw, out = data_root / "raw" / name, data_root / "prepared" / name
+    with tracked_run(cfg, stage="preprocess", run_name=f"preprocess/{name}", root=root) as run:
         record = preprocess_dataset(cfg, raw, out)
-        run.log_dict(record, f"datasets/{args.name}/preprocess.json")
+        run.log_dict(record, f"datasets/{name}/preprocess.json")
         for split, sha in dataset_hashes(out).items():
-            run.log_dataset(args.name, split, sha, out / split)
-    print(f"preprocess/{args.name}: -> {out}")
+            run.log_dataset(name, split, sha, out / split)
+    print(f"preprocess/{name}: -> {out}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from usam.data import generate_bouncing_shapes, generate_moving_digits, generate
 from usam.data.bouncing_shapes import LABEL_NAMES as ACTIONS
 from usam.data.bouncing_shapes import change_frame
 from usam.data.moving_digits import source_digits, source_pools
-from usam.errors import ConfigError, DataError
+from usam.errors import ConfigError
 
 SMALL = ["data.num_videos.train=16", "data.num_videos.val=8", "data.num_videos.test=8"]
 

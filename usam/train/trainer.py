@@ -167,7 +167,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _export_final(checkpoint, out_dir: Path, task) -> tuple[Path, str, int]:
     """The final weights (and EMA, when kept) as one file, written atomically; returns path, sha256, parameter count."""
-    import torch
 
     from usam.models import parameter_count
 
