@@ -150,13 +150,15 @@ def test_usam_train_resume_continues_an_interrupted_run_bit_exactly(project: Pat
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGINT)
     first.wait(timeout=120)
+    told = first.stdout.read()
+    assert first.returncode != 0 and "--resume" in told
     (ray_dir,) = new
     assert not (ray_dir / "final" / "weights.pt").exists(), "the first run finished before the interrupt"
 
     cfg = compose(overrides)
     client = client_for(cfg, project)
     (interrupted,) = [r for r in client.search_runs(["1"]) if r.data.tags.get("ray.run_name") == ray_dir.name]
-    assert interrupted.info.status != "FINISHED"
+    assert interrupted.info.status == "KILLED"
     resumed = run(["usam", "train", "evaluator_clip", *overrides, "--resume", interrupted.info.run_id], cwd=project)
     assert f"run {interrupted.info.run_id}" in resumed.stdout
     assert client.get_run(interrupted.info.run_id).info.status == "FINISHED"

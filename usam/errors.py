@@ -33,6 +33,12 @@ class DataError(UsamError):
     """A dataset is missing, corrupt or refers outside its root."""
 
 
+class Interrupted(UsamError):
+    """The user stopped the work (Ctrl-C); what was checkpointed can be resumed."""
+
+    exit_code = 130
+
+
 def main_guard(fn):
     """Run a stage's ``main``; print a UsamError as one clear message and exit 2 (no traceback)."""
     import functools

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from usam.config import Config, config_hash, flatten, to_dict, to_yaml
-from usam.errors import UsamError
+from usam.errors import Interrupted, UsamError
 from usam.paths import find_project_root, resolve
 from usam.track import provenance
 
@@ -237,7 +237,8 @@ def _terminate_on_exit(client, handle: TrackedRun) -> Iterator[None]:
         yield
     except BaseException as exc:
         handle.flush()
-        client.set_terminated(handle.run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        killed = isinstance(exc, (KeyboardInterrupt, Interrupted))
+        client.set_terminated(handle.run_id, status="KILLED" if killed else "FAILED")
         raise
     handle.flush()
     client.set_terminated(handle.run_id, status="FINISHED")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usam.config import Config, to_dict
-from usam.errors import UsamError
+from usam.errors import Interrupted, UsamError
 from usam.paths import find_project_root, resolve
 from usam.track import tracked_run, tracking_uri
 from usam.train import checkpoint as ckpt
@@ -128,14 +128,21 @@ def fit(
             ),
         )
         start = time.perf_counter()
+        resume_hint = f"`usam train {task_name} <same overrides> --resume {run.run_id}`"
         try:
             result = trainer.fit()
+        except (SystemExit, KeyboardInterrupt, ray.exceptions.RayActorError):
+            # Ray answers Ctrl-C by aborting its train controller, then calls sys.exit(0) (a success code!)
+            raise Interrupted(
+                "training was interrupted (Ctrl-C, or its Ray controller died)",
+                where=f"Ray run {ray_name} under {storage}",
+                fix=f"continue from the last checkpoint with {resume_hint}",
+            ) from None
         except Exception as exc:
             raise UsamError(
                 f"training failed after {tcfg.max_failures} restart(s): {_first_line(exc)}",
                 where=f"Ray run {ray_name} under {storage}",
-                fix=f"read the worker log above; continue from the last checkpoint with `usam train {task_name} "
-                f"--resume {run.run_id}`",
+                fix=f"read the worker log above; continue from the last checkpoint with {resume_hint}",
             ) from None
         seconds = time.perf_counter() - start
         nonfinite = Path(payload["nonfinite_marker"])
