@@ -130,5 +130,13 @@ def test_usam_train_without_data_or_with_a_bad_config_is_one_clear_error(project
     assert not (project / "mlflow.db").exists() and not (project / "outputs").exists()
     bad = run(["usam", "train", "evaluator_clip", "evaluator.train.precision=fp16"], cwd=project, check=False)
     assert bad.returncode == 2 and "evaluator.train.precision = 'fp16' needs evaluator.train.use_gpu=true" in bad.stderr
+    from usam.data import build_dataset, preprocess_dataset
+
+    small = compose(["data.num_videos.train=6", "data.num_videos.val=2", "data.num_videos.test=2"])
+    build_dataset(small, "moving_digits", project / "data" / "raw" / "moving_digits")
+    preprocess_dataset(small, project / "data" / "raw" / "moving_digits", project / "data" / "prepared" / "moving_digits")
+    too_few = run(["usam", "train", "evaluator_frame", "evaluator.train.batch_size=8"], cwd=project, check=False)
+    assert too_few.returncode == 2 and "the train split has 6 videos: too few" in too_few.stderr
+    assert not (project / "outputs").exists()  # refused before Ray started
     unknown = run(["usam", "train", "tokenizer"], cwd=project, check=False)
     assert unknown.returncode == 2 and "invalid choice: 'tokenizer'" in unknown.stderr

@@ -92,11 +92,6 @@ def train_worker(payload: dict) -> None:
     sampler = ShardedEpochSampler(len(train_ds), rank=rank, world=world, seed=cfg.seed)
     micro_per_epoch = sampler.per_rank // tcfg.batch_size
     steps_per_epoch = micro_per_epoch // tcfg.grad_accum
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"train split has {len(train_ds)} videos: too few for {world} worker(s) x batch_size "
-            f"{tcfg.batch_size} x grad_accum {tcfg.grad_accum}"
-        )
     total_steps = steps_per_epoch * tcfg.epochs
     if tcfg.max_steps is not None:
         total_steps = min(total_steps, tcfg.max_steps)

@@ -95,6 +95,14 @@ def fit(
     task = make_task(task_name, cfg, data_root)
     tcfg = task.train_cfg
     task.check_data()
+    videos = len(task.dataset("train", train=False))
+    if videos // tcfg.workers < tcfg.batch_size * tcfg.grad_accum:
+        raise UsamError(
+            f"the train split has {videos} videos: too few for one step of {tcfg.workers} worker(s) x batch_size "
+            f"{tcfg.batch_size} x grad_accum {tcfg.grad_accum}",
+            where=f"{task.name} on {cfg.data.name}",
+            fix="lower the batch size, accumulation or worker count, or build more videos (data.num_videos.train)",
+        )
     ensure_ray(cfg)
     check_resources(tcfg, ray.cluster_resources())
 
