@@ -76,7 +76,6 @@ class TrackedRun:
 
     client: Any
     run_id: str | None
-    root: Path
     _pending: list = field(default_factory=list)
 
     @property
@@ -187,7 +186,7 @@ def tracked_run(
     """
     root = (root or find_project_root()).resolve()
     if not cfg.tracking.enabled:
-        yield TrackedRun(client=None, run_id=None, root=root)
+        yield TrackedRun(client=None, run_id=None)
         return
     client = client_for(cfg, root)
     try:
@@ -200,7 +199,7 @@ def tracked_run(
             fix="start the server (or fix tracking.uri), or run with tracking.enabled=false",
         ) from None
     if resume_run_id is not None:
-        handle = _reopen(client, resume_run_id, cfg, root)
+        handle = _reopen(client, resume_run_id, cfg)
         with _terminate_on_exit(client, handle):
             yield handle
         return
@@ -209,7 +208,7 @@ def tracked_run(
     if parent_run_id:
         start_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, run_name=run_name or stage, tags=start_tags)
-    handle = TrackedRun(client=client, run_id=run.info.run_id, root=root)
+    handle = TrackedRun(client=client, run_id=run.info.run_id)
     try:
         params = _params(cfg)
         from mlflow.entities import Param
@@ -244,7 +243,7 @@ def _terminate_on_exit(client, handle: TrackedRun) -> Iterator[None]:
     client.set_terminated(handle.run_id, status="FINISHED")
 
 
-def _reopen(client, run_id: str, cfg: Config, root: Path) -> TrackedRun:
+def _reopen(client, run_id: str, cfg: Config) -> TrackedRun:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -262,7 +261,7 @@ def _reopen(client, run_id: str, cfg: Config, root: Path) -> TrackedRun:
             fix="resume with the same overrides as the original command (see its usam.command tag)",
         )
     client.update_run(run_id, status="RUNNING")
-    return TrackedRun(client=client, run_id=run_id, root=root)
+    return TrackedRun(client=client, run_id=run_id)
 
 
 def _check_reachable(uri: str, timeout: float = 5.0) -> None:

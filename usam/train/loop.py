@@ -117,7 +117,7 @@ def train_worker(payload: dict) -> None:
 
     model = ray.train.torch.prepare_model(model)  # moves to device; DDP when world > 1
     bare = model.module if hasattr(model, "module") else model
-    logger = _RankZeroLogger(payload, rank, world, total_steps) if rank == 0 else None
+    logger = _RankZeroLogger(payload, total_steps) if rank == 0 else None
     if logger is not None and restored is None:
         from usam.models import parameter_count
 
@@ -238,13 +238,13 @@ def _validate(task, model, dataset, batch_size, rank, world, device) -> dict[str
 class _RankZeroLogger:
     """Buffers per-step metrics for MLflow and prints a compact progress line."""
 
-    def __init__(self, payload: dict, rank: int, world: int, total_steps: int):
+    def __init__(self, payload: dict, total_steps: int):
         from mlflow.tracking import MlflowClient
 
         from usam.track.run import TrackedRun
 
-        self.run = TrackedRun(client=MlflowClient(payload["tracking_uri"]), run_id=payload["run_id"], root=Path("."))
-        self.log_every, self.total, self.world = payload["log_every"], total_steps, world
+        self.run = TrackedRun(client=MlflowClient(payload["tracking_uri"]), run_id=payload["run_id"])
+        self.log_every, self.total = payload["log_every"], total_steps
         self.t0 = self.t_last = time.perf_counter()
         self.samples = 0
         self.parts: dict[str, float] = {}
