@@ -206,7 +206,16 @@ class EvalConfig:
     batch_size: int = knob(ge=1, le=65536, doc="evaluation batch size")
     num_samples: int = knob(ge=1, doc="generated videos per evaluation")
     inception_weights: Optional[str] = knob(doc="local Inception-v3 weights for standard FID/IS (never downloaded)")
-    lpips_weights: Optional[str] = knob(doc="local LPIPS backbone weights (never downloaded)")
+    lpips_weights: Optional[str] = knob(
+        doc="local torchvision AlexNet state dict, the LPIPS backbone (never downloaded); null: the domain perceptual distance"
+    )
+    lpips_sha256: Optional[str] = knob(doc="sha256 of eval.lpips_weights, checked before use (`sha256sum FILE`)")
+
+    def check(self) -> list[str]:
+        if self.lpips_weights and not self.lpips_sha256:
+            return ["{path}.lpips_weights is set but {path}.lpips_sha256 is null: set it to the file's sha256 "
+                    "(`sha256sum FILE`) so a wrong or damaged file is refused"]
+        return []
 
 
 @dataclass(frozen=True)
@@ -241,6 +250,103 @@ class EvaluatorConfig:
 
 
 @dataclass(frozen=True)
+class TokenizerArch:
+    base_channels: int = knob(ge=4, le=1024, doc="channels at full resolution (x2 per level, capped at x4)")
+    res_blocks: int = knob(ge=0, le=8, doc="residual blocks per resolution level")
+    spatial_down: Literal[1, 2, 4, 8, 16] = knob(doc="spatial compression (frame side / latent grid side)")
+    temporal_down: Literal[1, 2, 4] = knob(doc="temporal compression of the frames after the first")
+    temporal_fusion: Literal["conv", "attention", "off"] = knob(
+        doc="how the encoder/decoder mix time: causal temporal conv, causal temporal attention, or off (per-frame 2D)"
+    )
+    residual: bool = knob(doc="residual/skip paths inside encoder and decoder blocks (ablation switch)")
+
+    def check(self) -> list[str]:
+        out = []
+        if self.temporal_fusion == "off" and self.temporal_down != 1:
+            out.append("{path}.temporal_fusion = 'off' is the per-frame 2D tokenizer: set {path}.temporal_down=1")
+        if self.temporal_down > self.spatial_down:
+            out.append("{path}.temporal_down must not exceed {path}.spatial_down (one level compresses both)")
+        return out
+
+
+@dataclass(frozen=True)
+class QuantizerConfig:
+    bits: int = knob(ge=1, le=64, doc="d: bits per token (latent channels), each code value +-1/sqrt(d)")
+    scales: list[int] = knob(ge=1, le=256, min_len=1, doc="grid side per scale, increasing; the last = frame side / spatial_down")
+    multiscale: bool = knob(doc="false: quantize the last scale only (the 'no multi-scale' ablation)")
+    clip_frames: Optional[int] = knob(ge=1, doc="latent frames per clip after the first frame (null: one clip)")
+    entropy_temperature: float = knob(gt=0.0, le=10.0, doc="temperature of the soft bit probabilities in the entropy term")
+    entropy_gamma: float = knob(ge=0.0, le=10.0, doc="weight of the codebook (bit-usage) entropy inside the entropy term")
+
+    def check(self) -> list[str]:
+        if any(b <= a for a, b in zip(self.scales, self.scales[1:])):
+            return [f"{{path}}.scales = {self.scales} is not strictly increasing: list the grid sides coarse to fine, "
+                    "e.g. [1, 2, 4, 8]"]
+        return []
+
+
+@dataclass(frozen=True)
+class PerceptualLoss:
+    weight: float = knob(ge=0.0, le=100.0, doc="0 turns it off")
+    backend: Literal["auto", "lpips", "domain"] = knob(
+        doc="lpips: the lpips package on eval.lpips_weights (required); domain: the frame evaluator's feature "
+            "distance; auto: lpips when eval.lpips_weights is set, else domain"
+    )
+    domain_weights: Optional[str] = knob(doc="frame evaluator weights (null: models/evaluators/<data.name>/frame.pt)")
+
+
+@dataclass(frozen=True)
+class AdversarialLoss:
+    weight: float = knob(ge=0.0, le=100.0, doc="generator hinge loss weight (0: no discriminator at all)")
+    start_step: int = knob(ge=0, doc="optimizer step at which the generator term switches on (the critic trains from 0)")
+    adaptive: bool = knob(doc="scale by |grad recon| / |grad adversarial| at the decoder's last layer (VQGAN)")
+    max_adaptive: float = knob(gt=0.0, le=1e6, doc="cap of the adaptive factor")
+    channels: int = knob(ge=4, le=512, doc="3D PatchGAN width")
+    layers: int = knob(ge=1, le=5, doc="3D PatchGAN strided layers")
+
+
+@dataclass(frozen=True)
+class AuxTask:
+    weight: float = knob(ge=0.0, le=100.0, doc="loss weight of the auxiliary samples (0: off)")
+    share: float = knob(ge=0.0, le=1.0, doc="share of each batch given the corrupted input")
+    strength: float = knob(gt=0.0, le=8.0, doc="denoising: noise std (normalized units); super-resolution: downscale factor")
+
+
+@dataclass(frozen=True)
+class TokenizerLoss:
+    l1: float = knob(ge=0.0, le=100.0, doc="L1 reconstruction weight")
+    l2: float = knob(ge=0.0, le=100.0, doc="L2 reconstruction weight")
+    perceptual: PerceptualLoss = knob()
+    adversarial: AdversarialLoss = knob()
+    temporal: float = knob(ge=0.0, le=100.0, doc="temporal consistency: |change of recon - change of input| between frames")
+    denoise: AuxTask = knob(doc="multi-task auxiliary: the clean clip from a noised input")
+    super_resolution: AuxTask = knob(doc="multi-task auxiliary: the full-resolution clip from a downsampled input")
+    commitment: float = knob(ge=0.0, le=100.0, doc="BSQ commitment weight (seed: 0.25)")
+    entropy: float = knob(ge=0.0, le=100.0, doc="BSQ entropy weight (seed: 0.1)")
+
+    def check(self) -> list[str]:
+        if self.l1 + self.l2 == 0:
+            return ["{path}.l1 and {path}.l2 are both 0: the tokenizer needs a reconstruction loss"]
+        if self.denoise.share + self.super_resolution.share > 1:
+            return ["{path}.denoise.share + {path}.super_resolution.share exceed 1"]
+        return []
+
+
+@dataclass(frozen=True)
+class TokenizerEval:
+    panel_videos: int = knob(ge=0, le=64, doc="validation videos in the reconstruction panel (PNG + GIF) per epoch; 0: none")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    arch: TokenizerArch = knob()
+    quantizer: QuantizerConfig = knob()
+    loss: TokenizerLoss = knob()
+    eval: TokenizerEval = knob()
+    train: TrainConfig = knob(doc="its training recipe (inherits usam/conf/train/default.yaml)")
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = knob(ge=0, doc="run seed: python, numpy, torch, DataLoader and workers")
     data: DataConfig = knob()
@@ -251,9 +357,35 @@ class Config:
     tracking: TrackingConfig = knob()
     ray: RayConfig = knob()
     evaluator: EvaluatorConfig = knob()
+    tokenizer: TokenizerConfig = knob()
 
     def check(self) -> list[str]:
         clip = self.preprocess.augment.clip_frames
         if clip is not None and clip > self.data.frames:
             return [f"preprocess.augment.clip_frames = {clip} > data.frames = {self.data.frames}: a clip must fit"]
-        return []
+        return self._check_tokenizer()
+
+    def _check_tokenizer(self) -> list[str]:
+        """The frames the tokenizer sees must tile its scale schedule exactly."""
+        from usam.models.bsq import check_schedule
+        from usam.models.tokenizer import latent_frames
+
+        arch, q = self.tokenizer.arch, self.tokenizer.quantizer
+        side, frames = self.preprocess.crop_size, self.preprocess.augment.clip_frames or self.data.frames
+        out = []
+        if side % arch.spatial_down:
+            out.append(f"preprocess.crop_size = {side} is not divisible by tokenizer.arch.spatial_down = "
+                       f"{arch.spatial_down}: pick a crop size that is a multiple of it")
+            return out
+        grid = side // arch.spatial_down
+        later = latent_frames(frames, arch.temporal_down) - 1
+        clip = later if q.clip_frames is None else q.clip_frames
+        for problem in check_schedule(tuple(q.scales), grid, later, clip):
+            out.append(f"tokenizer.quantizer: {problem} ({frames} frames of {side}x{side} with spatial_down "
+                       f"{arch.spatial_down}, temporal_down {arch.temporal_down}): set tokenizer.quantizer.scales "
+                       f"to end at {grid} and tokenizer.quantizer.clip_frames to a divisor of {later} (or null)")
+        if self.tokenizer.loss.perceptual.backend == "lpips" and self.tokenizer.loss.perceptual.weight > 0 \
+                and not self.eval.lpips_weights:
+            out.append("tokenizer.loss.perceptual.backend = 'lpips' needs eval.lpips_weights: point it at a local "
+                       "torchvision AlexNet state dict (with eval.lpips_sha256), or use backend=auto/domain")
+        return out

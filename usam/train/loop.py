@@ -76,7 +76,7 @@ def train_worker(payload: dict) -> None:
     import ray.train.torch
 
     cfg: Config = build(Config, payload["config"], source="training payload")
-    task = make_task(payload["task"], cfg, Path(payload["data_root"]))
+    task = make_task(payload["task"], cfg, Path(payload["data_root"]), Path(payload["root"]))
     tcfg = task.train_cfg
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -161,7 +161,7 @@ def train_worker(payload: dict) -> None:
             # DDP all-reduces gradients only on the micro-batch that ends an accumulation
             with model.no_sync() if (world > 1 and not last_micro) else _null():
                 with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else _null():
-                    loss, parts = task.loss(model, batch, device)
+                    loss, parts = task.loss(model, batch, device, progress.step)
                 if rank == 0 and tcfg.fault_injection_kind == "nan_loss" and tcfg.fault_injection_step == progress.step + 1:
                     loss = loss * float("nan")
                 finite = _all_true(bool(torch.isfinite(loss)), device)
@@ -195,7 +195,7 @@ def train_worker(payload: dict) -> None:
                 _inject_failure_once(Path(payload["fault_marker"]))
             done = progress.step >= total_steps
             if progress.step % tcfg.checkpoint_every == 0 and not done and progress.micro < micro_per_epoch:
-                save({"loss": parts.get("ce", float(loss))})
+                save({"loss": float(loss.detach())})
             if done:
                 break
         if progress.micro >= micro_per_epoch or done:
@@ -205,6 +205,7 @@ def train_worker(payload: dict) -> None:
             progress.micro = 0
             if logger is not None:
                 logger.epoch(progress, val)
+                logger.visuals(task, bare, val_ds, device, progress.step)
             save(val)
 
 
@@ -231,8 +232,7 @@ def _validate(task, model, dataset, batch_size, rank, world, device) -> dict[str
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=dataloader_generator(0, "val", rank))
     sums = _all_sum(task.evaluate(model, loader, device), device)
     model.train()
-    seen = max(sums["seen"], 1.0)
-    return {"val_acc": sums["correct"] / seen, "val_loss": sums["loss_sum"] / seen}
+    return task.summarize(sums)
 
 
 class _RankZeroLogger:
@@ -266,7 +266,7 @@ class _RankZeroLogger:
             step=progress.step,
         )
         eta = (self.total - progress.step) * (now - self.t0) / max(progress.step, 1)
-        loss = means.get("train/ce", next(iter(means.values()), float("nan")))
+        loss = means.get("train/loss", means.get("train/ce", float("nan")))
         print(f"step {progress.step}/{self.total} epoch {progress.epoch} loss {loss:.4f} lr {lr:.2e} "
               f"{rate:.0f} samples/s ETA {eta:.0f}s", flush=True)
         self.t_last, self.samples, self.parts, self.count = now, 0, {}, 0
@@ -275,6 +275,14 @@ class _RankZeroLogger:
         self.run.log_metrics({f"val/{k[4:]}" if k.startswith("val_") else k: v for k, v in val.items()},
                              step=progress.step)
         self.run.log_metrics({"epoch": progress.epoch}, step=progress.step)
+
+    def visuals(self, task, model, dataset, device, step: int) -> None:
+        """The task's pictures of this validation (e.g. reconstruction panels) as run artifacts."""
+        if not hasattr(task, "visuals"):
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            for path in task.visuals(model, dataset, device, Path(folder)):
+                self.run.log_artifact(path, f"panels/step_{step:06d}")
 
     def flush(self) -> None:
         self.run.flush()

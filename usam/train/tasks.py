@@ -2,6 +2,11 @@
 
 A task names its config section, builds its model and datasets, and computes its loss;
 the harness (``usam.train.loop``) does everything else the same way for every task.
+The interface: ``name``, ``train_cfg``, ``check_data()``, ``dataset(split, train=)``,
+``build_model()``, ``loss(model, batch, device, step) -> (loss, parts)``,
+``evaluate(model, loader, device) -> sums`` and ``summarize(sums) -> val_* metrics``;
+optionally ``visuals(model, dataset, device, folder) -> files`` (logged at each validation)
+and ``export_meta() -> dict`` (stored with the exported weights).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from usam.config.schema import ClassifierConfig, Config, TrainConfig
 from usam.data import VideoDataset
 from usam.errors import DataError
 from usam.models import build_model
+from usam.paths import find_project_root
 
 SHAPE_KINDS = ("circle", "square", "triangle")
 
@@ -89,7 +95,7 @@ class EvaluatorTask:
             return video.flatten(0, 1), label.repeat_interleave(t)
         return video.permute(0, 2, 1, 3, 4), label
 
-    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: dict, device: torch.device, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = (t.to(device) for t in self._inputs(batch))
         logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.train_cfg.label_smoothing)
@@ -109,13 +115,21 @@ class EvaluatorTask:
             seen += float(y.numel())
         return {"correct": correct, "seen": seen, "loss_sum": loss_sum}
 
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        seen = max(sums["seen"], 1.0)
+        return {"val_acc": sums["correct"] / seen, "val_loss": sums["loss_sum"] / seen}
 
-def make_task(name: str, cfg: Config, data_root: Path):
-    """The task ``name`` on ``cfg.data.name``; ``data_root`` is the absolute ``data.root``."""
+
+def make_task(name: str, cfg: Config, data_root: Path, root: Path | None = None):
+    """The task ``name`` on ``cfg.data.name``; ``data_root`` is the absolute ``data.root``, ``root`` the project."""
     data_dir = Path(data_root) / "prepared" / cfg.data.name
     if name in ("evaluator_frame", "evaluator_clip"):
         return EvaluatorTask(cfg, data_dir, name.split("_", 1)[1])
+    if name == "tokenizer":
+        from usam.train.tokenizer_task import TokenizerTask
+
+        return TokenizerTask(cfg, data_dir, Path(root) if root else find_project_root())
     raise KeyError(name)
 
 
-TASKS = ("evaluator_frame", "evaluator_clip")
+TASKS = ("evaluator_frame", "evaluator_clip", "tokenizer")

@@ -92,7 +92,7 @@ def fit(
         raise UsamError(f"unknown task {task_name!r}", where="usam train TASK", fix=f"use one of {', '.join(TASKS)}")
     root = (root or find_project_root()).resolve()
     data_root = resolve(cfg.data.root, root)
-    task = make_task(task_name, cfg, data_root)
+    task = make_task(task_name, cfg, data_root, root)
     tcfg = task.train_cfg
     task.check_data()
     videos = len(task.dataset("train", train=False))
@@ -120,7 +120,7 @@ def fit(
         print(f"MLflow run {run.run_id} (Ray run {ray_name}); if interrupted, continue with "
               f"`usam train {task_name} <same overrides> --resume {run.run_id}`", flush=True)
         payload = {
-            "config": to_dict(cfg), "task": task_name, "data_root": str(data_root),
+            "config": to_dict(cfg), "task": task_name, "data_root": str(data_root), "root": str(root),
             "tracking_uri": tracking_uri(cfg, root), "run_id": run.run_id, "log_every": tcfg.log_every,
             "fault_marker": str(Path(storage) / ray_name / ".fault-injected"),
             "nonfinite_marker": str(Path(storage) / ray_name / "nonfinite.json"),
@@ -194,6 +194,8 @@ def _export_final(checkpoint, out_dir: Path, task) -> tuple[Path, str, int]:
     model.load_state_dict(shared["model"])
     payload = {"model": shared["model"], "progress": shared["progress"], "task": task.name,
                "num_classes": getattr(model, "head").out_features if hasattr(model, "head") else None}
+    if hasattr(task, "export_meta"):
+        payload.update(task.export_meta())
     if shared.get("ema") is not None:
         payload["ema"] = {name: t for (name, _), t in zip(model.named_parameters(), shared["ema"])}
     path = out_dir / "weights.pt"

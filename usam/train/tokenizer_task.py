@@ -1,0 +1,352 @@
+"""The tokenizer as a training task: the seed's loss suite, its metrics, and reconstruction panels.
+
+Losses (each weighted in ``tokenizer.loss``, 0 turns one off): L1 and L2 reconstruction;
+a perceptual distance (real LPIPS on local weights, else the domain evaluator's, labelled);
+a 3D PatchGAN hinge loss with a start step and VQGAN's adaptive weight; temporal
+consistency; denoising and super-resolution auxiliaries (a share of each batch gets a
+corrupted input and must still give back the clean clip, so they cost no extra pass);
+BSQ commitment and entropy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from usam.config.schema import Config, TokenizerConfig, TrainConfig
+from usam.data import VideoDataset
+from usam.errors import DataError, UsamError
+from usam.eval import video_metrics as vm
+from usam.eval.panels import save_gif, save_png, side_by_side_frames, strip_grid
+from usam.models.tokenizer import PatchGAN3d, SpacetimeTokenizer
+from usam.paths import resolve
+
+ROLE_RECON, ROLE_DENOISE, ROLE_SR = 0, 1, 2
+
+
+def tokenizer_kwargs(tcfg: TokenizerConfig, grad_checkpointing: bool = False) -> dict:
+    """Constructor arguments of :class:`SpacetimeTokenizer` (also stored with exported weights)."""
+    a, q = tcfg.arch, tcfg.quantizer
+    return dict(
+        bits=q.bits, base_channels=a.base_channels, res_blocks=a.res_blocks, spatial_down=a.spatial_down,
+        temporal_down=a.temporal_down, temporal_fusion=a.temporal_fusion, residual=a.residual,
+        scales=list(q.scales), multiscale=q.multiscale, clip_frames=q.clip_frames,
+        entropy_temperature=q.entropy_temperature, entropy_gamma=q.entropy_gamma, grad_checkpointing=grad_checkpointing,
+    )
+
+
+def stage_names(schedule) -> list[str]:
+    """Readable names of the token stream's stages, e.g. ``img_1x2x2`` or ``clip1_4x8x8``."""
+    return [f"{'img' if s.segment == 0 else f'clip{s.segment}'}_{s.frames}x{s.side}x{s.side}" for s in schedule.stages]
+
+
+@dataclass
+class TokenizerTask:
+    cfg: Config
+    data_dir: Path  # <data.root>/prepared/<dataset>
+    root: Path  # the project root (evaluator weights live under it)
+    name: str = "tokenizer"
+    _perceptual: nn.Module | None = field(default=None, repr=False)
+    _stats: dict | None = field(default=None, repr=False)
+
+    @property
+    def tcfg(self) -> TokenizerConfig:
+        return self.cfg.tokenizer
+
+    @property
+    def train_cfg(self) -> TrainConfig:
+        return self.tcfg.train
+
+    # ---- data and model -------------------------------------------------------------------------------------
+
+    def check_data(self) -> None:
+        """Everything a run needs on disk, checked before Ray starts."""
+        for split in ("train", "val", "test"):
+            if not (self.data_dir / split / "videos.npy").is_file():
+                raise DataError(f"no prepared {split} split for dataset {self.cfg.data.name!r}",
+                                where=str(self.data_dir / split),
+                                fix=f"run `dvc repro preprocess@{self.cfg.data.name}` (or `usam data build`)")
+        backend = self.perceptual_backend
+        if backend == "lpips" and not resolve(self.cfg.eval.lpips_weights, self.root).is_file():
+            raise UsamError("LPIPS backbone weights not found", where=f"eval.lpips_weights = {self.cfg.eval.lpips_weights}",
+                            fix="copy torchvision's AlexNet state dict there, or set tokenizer.loss.perceptual.backend=domain")
+        if backend == "domain" and not self._domain_weights()[0].is_file():
+            path = self._domain_weights()[0]
+            raise UsamError("the domain perceptual loss needs the frame evaluator, which is not trained yet",
+                            where=str(path),
+                            fix=f"run `dvc repro evaluators@{self.cfg.data.name}`, point "
+                                "tokenizer.loss.perceptual.domain_weights at a frame evaluator, or set "
+                                "tokenizer.loss.perceptual.weight=0")
+
+    def dataset(self, split: str, *, train: bool) -> VideoDataset:
+        ds = VideoDataset(self.data_dir / split, self.cfg.preprocess, train=train, seed=self.cfg.seed)
+        self._stats = ds.stats
+        return ds
+
+    def build_model(self) -> nn.Module:
+        model = SpacetimeTokenizer(**tokenizer_kwargs(self.tcfg, self.train_cfg.grad_checkpointing))
+        adv = self.tcfg.loss.adversarial
+        if adv.weight > 0:
+            model.discriminator = PatchGAN3d(adv.channels, adv.layers)
+        return model
+
+    def export_meta(self) -> dict:
+        """Stored beside the exported weights: enough to rebuild and feed the tokenizer without the config."""
+        return {"model_kwargs": tokenizer_kwargs(self.tcfg), "normalize": self.stats,
+                "frames": self.cfg.preprocess.augment.clip_frames or self.cfg.data.frames,
+                "frame_size": self.cfg.preprocess.crop_size, "perceptual": self.perceptual_label}
+
+    @property
+    def stats(self) -> dict:
+        if self._stats is None:
+            self.dataset("val", train=False)
+        return self._stats
+
+    # ---- perceptual distance ---------------------------------------------------------------------------------
+
+    @property
+    def perceptual_backend(self) -> str | None:
+        p = self.tcfg.loss.perceptual
+        if p.weight == 0:
+            return None
+        if p.backend == "auto":
+            return "lpips" if self.cfg.eval.lpips_weights else "domain"
+        return p.backend
+
+    @property
+    def perceptual_label(self) -> str | None:
+        from usam.eval.perceptual import DOMAIN_LABEL, LPIPS_LABEL
+
+        return {"lpips": LPIPS_LABEL, "domain": DOMAIN_LABEL, None: None}[self.perceptual_backend]
+
+    def _domain_weights(self) -> tuple[Path, str | None]:
+        """The frame evaluator's weights and, for the pipeline's own file, its sha256 from the evaluators' metrics."""
+        configured = self.tcfg.loss.perceptual.domain_weights
+        if configured:
+            return resolve(configured, self.root), None
+        name = self.cfg.data.name
+        path = self.root / "models" / "evaluators" / name / "frame.pt"
+        report = self.root / "metrics" / "evaluators" / f"{name}.json"
+        try:
+            sha = json.loads(report.read_text())["frame"]["weights_sha256"]
+        except (OSError, ValueError, KeyError):
+            sha = None
+        return path, sha
+
+    def perceptual(self, device: torch.device) -> nn.Module | None:
+        from usam.eval.perceptual import LpipsDistance, load_domain_distance
+
+        if self._perceptual is None and self.perceptual_backend is not None:
+            if self.perceptual_backend == "lpips":
+                net = LpipsDistance(resolve(self.cfg.eval.lpips_weights, self.root), self.cfg.eval.lpips_sha256)
+            else:
+                net = load_domain_distance(*self._domain_weights(), self.stats)
+            self._perceptual = net.to(device)
+        return self._perceptual
+
+    # ---- training --------------------------------------------------------------------------------------------
+
+    def _unit(self, video: torch.Tensor) -> torch.Tensor:
+        """Normalized (B, C, T, H, W) -> pixel values (0..1 for real frames; not clamped, so gradients flow)."""
+        mean = torch.tensor(self.stats["mean"], device=video.device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(self.stats["std"], device=video.device).view(1, -1, 1, 1, 1)
+        return video.float() * std + mean
+
+    def _corrupt(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs with a share of the batch noised (denoising) or downsampled (super-resolution); per-sample roles."""
+        loss = self.tcfg.loss
+        dn, sr = loss.denoise, loss.super_resolution
+        u = torch.rand(video.shape[0], device=video.device)
+        role = torch.full_like(u, ROLE_RECON, dtype=torch.long)
+        if dn.weight > 0:
+            role[u < dn.share] = ROLE_DENOISE
+        if sr.weight > 0:
+            role[(u >= dn.share) & (u < dn.share + sr.share)] = ROLE_SR
+        inputs = video
+        if (role == ROLE_DENOISE).any():
+            noised = video + dn.strength * torch.randn_like(video)
+            inputs = torch.where((role == ROLE_DENOISE).view(-1, 1, 1, 1, 1), noised, inputs)
+        if (role == ROLE_SR).any():
+            inputs = torch.where((role == ROLE_SR).view(-1, 1, 1, 1, 1), low_resolution(video, sr.strength), inputs)
+        return inputs, role
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device, step: int = 0) -> tuple[torch.Tensor, dict]:
+        L = self.tcfg.loss
+        video = batch["video"].to(device).transpose(1, 2)  # (B, C, T, H, W)
+        inputs, role = self._corrupt(video)
+        out = model(inputs)
+        recon = out.recon.float()
+        err = recon - video
+        per_video = L.l1 * err.abs().flatten(1).mean(1) + L.l2 * err.pow(2).flatten(1).mean(1)
+        weights = torch.ones_like(per_video)
+        weights[role == ROLE_DENOISE] = L.denoise.weight
+        weights[role == ROLE_SR] = L.super_resolution.weight
+        nll = (weights * per_video).mean()
+        parts = {"l1": _num(err.abs().mean()), "l2": _num(err.pow(2).mean())}
+        for name, r in (("recon", ROLE_RECON), ("denoise", ROLE_DENOISE), ("super_resolution", ROLE_SR)):
+            if (role == r).any():
+                parts[name] = _num(per_video[role == r].mean())
+        if L.temporal > 0:
+            tc = vm.temporal_change_error(recon, video).mean()
+            nll = nll + L.temporal * tc
+            parts["temporal"] = _num(tc)
+        net = self.perceptual(device)
+        if net is not None:
+            p = net(_frames(self._unit(recon)), _frames(self._unit(video))).mean()
+            nll = nll + L.perceptual.weight * p
+            parts[self.perceptual_label] = _num(p)
+        loss = nll + L.commitment * out.quant.commitment + L.entropy * out.quant.entropy
+        parts["commitment"], parts["entropy"] = _num(out.quant.commitment), _num(out.quant.entropy)
+        bare = getattr(model, "module", model)
+        if L.adversarial.weight > 0:
+            loss = loss + self._adversarial(bare, video, recon, nll, step, parts)
+        parts = {"loss": _num(loss), **parts}
+        return loss, parts
+
+    def _adversarial(self, bare: nn.Module, video, recon, nll, step: int, parts: dict) -> torch.Tensor:
+        """Hinge PatchGAN: the critic learns from step 0; the generator term starts at ``start_step``."""
+        adv = self.tcfg.loss.adversarial
+        disc = bare.discriminator
+        d_loss = F.relu(1 - disc(video)).mean() + F.relu(1 + disc(recon.detach())).mean()
+        parts["critic"] = _num(d_loss)
+        if step < adv.start_step:
+            return d_loss
+        disc.requires_grad_(False)  # the generator's term must not train the critic
+        try:
+            g_loss = -disc(recon).mean()
+        finally:
+            disc.requires_grad_(True)
+        weight = adv.weight
+        if adv.adaptive:
+            last = bare.decoder.last_layer
+            g_nll = torch.autograd.grad(nll, last, retain_graph=True)[0]
+            g_adv = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+            weight = weight * float((g_nll.norm() / (g_adv.norm() + 1e-4)).clamp(0, adv.max_adaptive))
+        parts["generator"], parts["adaptive_weight"] = _num(g_loss), weight
+        return d_loss + weight * g_loss
+
+    # ---- evaluation ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+        """Sums over videos (so shards can be all-reduced); :meth:`summarize` turns them into metrics."""
+        model.eval()
+        bare = getattr(model, "module", model)
+        net = self.perceptual(device)
+        sums: dict[str, float] = {}
+
+        def add(key: str, value) -> None:
+            sums[key] = sums.get(key, 0.0) + float(value)
+
+        for batch in loader:
+            video = batch["video"].to(device).transpose(1, 2)
+            out = bare(video)
+            target, recon = self._unit(video).clamp(0, 1), self._unit(out.recon.float()).clamp(0, 1)
+            add("seen", video.shape[0])
+            add("psnr", vm.psnr(recon, target).sum())
+            add("ssim", vm.ssim(recon, target).sum())
+            add("l1", (recon - target).abs().flatten(1).mean(1).sum())
+            add("flicker", vm.flicker(recon).sum())
+            add("flicker_input", vm.flicker(target).sum())
+            add("temporal_error", vm.temporal_change_error(recon, target).sum())
+            if net is not None:
+                dist = net(_frames(recon), _frames(target)).view(video.shape[0], -1).mean(1)
+                add("perceptual", dist.sum())
+            schedule = out.quant.schedule
+            for k in range(1, len(schedule.scales) + 1):
+                partial = bare.decoder(bare.quantizer.cumulative(out.quant.codes, schedule, k), video.shape[2])
+                add(f"psnr_prefix_{k}", vm.psnr(self._unit(partial.float()).clamp(0, 1), target).sum())
+            for name, code in zip(stage_names(schedule), out.quant.codes):
+                ones = (code > 0).transpose(0, 1).flatten(1).float()  # (d, tokens)
+                add(f"tokens/{name}", ones.shape[1])
+                for bit, count in enumerate(ones.sum(1).tolist()):
+                    add(f"ones/{name}/{bit}", count)
+        return sums
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        seen = max(sums.get("seen", 0.0), 1.0)
+        out = {f"val_{k}": sums[k] / seen for k in ("psnr", "ssim", "l1", "flicker", "flicker_input", "temporal_error")}
+        if "perceptual" in sums:
+            out[f"val_{self.perceptual_label}"] = sums["perceptual"] / seen
+        out.update({f"val_{k}": v / seen for k, v in sums.items() if k.startswith("psnr_prefix_")})
+        entropies, dead = [], 0
+        for key in sorted(k for k in sums if k.startswith("tokens/")):
+            name = key.split("/", 1)[1]
+            p = np.array([sums[f"ones/{name}/{b}"] for b in range(self.tcfg.quantizer.bits)]) / max(sums[key], 1.0)
+            ent = float(np.mean(_bernoulli_entropy(p)))
+            out[f"val_bit_entropy/{name}"] = ent
+            entropies.append(ent)
+            dead += int(((p < 0.01) | (p > 0.99)).sum())
+        if entropies:
+            out["val_bit_entropy"] = float(np.mean(entropies))
+            out["val_dead_bits"] = float(dead)
+        return out
+
+    @torch.no_grad()
+    def visuals(self, model: nn.Module, dataset: VideoDataset, device: torch.device, folder: Path) -> list[Path]:
+        """Reconstruction panels of the first validation videos: input vs output strips (PNG), a side-by-side
+        GIF, and the coarse-to-fine reconstructions from each prefix of scales (PNG)."""
+        n = min(self.tcfg.eval.panel_videos, len(dataset))
+        if n == 0:
+            return []
+        bare = getattr(model, "module", model)
+        was_training = bare.training
+        bare.eval()
+        video = torch.stack([dataset[i]["video"] for i in range(n)]).to(device).transpose(1, 2)
+        out = bare(video)
+        target, recon = self._unit(video).clamp(0, 1), self._unit(out.recon.float()).clamp(0, 1)
+        schedule = out.quant.schedule
+        prefixes = [self._unit(bare.decoder(bare.quantizer.cumulative(out.quant.codes, schedule, k), video.shape[2])
+                               .float()).clamp(0, 1) for k in range(1, len(schedule.scales) + 1)]
+        bare.train(was_training)
+        frames = lambda v: v.transpose(0, 1)  # noqa: E731  (C, T, H, W) -> (T, C, H, W)
+        rows = [frames(r) for i in range(n) for r in (target[i], recon[i])]
+        files = [save_png(strip_grid(rows), folder / "reconstruction.png"),
+                 save_gif(side_by_side_frames([[frames(v) for v in target], [frames(v) for v in recon]]),
+                          folder / "reconstruction.gif"),
+                 save_png(strip_grid([frames(p[0]) for p in prefixes] + [frames(target[0])]), folder / "coarse_to_fine.png")]
+        return files
+
+
+def low_resolution(video: torch.Tensor, factor: float) -> torch.Tensor:
+    """Each frame area-downsampled by ``factor`` and scaled back up (bilinear): the super-resolution input."""
+    b, c, t, h, w = video.shape
+    frames = video.transpose(1, 2).reshape(b * t, c, h, w)
+    small = F.interpolate(frames, size=(max(1, round(h / factor)), max(1, round(w / factor))), mode="area")
+    big = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return big.reshape(b, t, c, h, w).transpose(1, 2)
+
+
+def _num(t: torch.Tensor) -> float:
+    return float(t.detach())
+
+
+def _frames(video: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B * T, C, H, W)."""
+    b, c, t, h, w = video.shape
+    return video.transpose(1, 2).reshape(b * t, c, h, w)
+
+
+def _bernoulli_entropy(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def load_tokenizer(path: Path, expected_sha256: str | None = None) -> tuple[SpacetimeTokenizer, dict]:
+    """An exported tokenizer (``weights.pt`` of a tokenizer run) in eval mode, and its stored metadata."""
+    from usam.train.trainer import load_weights
+
+    state = load_weights(path, expected_sha256)
+    if state.get("task") != "tokenizer" or "model_kwargs" not in state:
+        raise UsamError(f"{Path(path).name} is not an exported tokenizer (task {state.get('task')!r})", where=str(path),
+                        fix="pass the weights written by the `tokenizer` stage (models/tokenizer/<dataset>/tokenizer.pt)")
+    model = SpacetimeTokenizer(**state["model_kwargs"])
+    weights = {k: v for k, v in state["model"].items() if not k.startswith("discriminator.")}
+    model.load_state_dict(weights)
+    return model.eval(), state
