@@ -174,9 +174,12 @@ class MultiScaleBSQ(nn.Module):
         upto = len(schedule.scales) if upto is None else upto
         parts = []
         per_segment = len(schedule.scales)
-        for seg in range(len(schedule.segments)):
-            seg_codes = codes[seg * per_segment: seg * per_segment + upto]
-            parts.append(sum(self.up(c, schedule.grid) for c in seg_codes))
+        for seg, (_, frames) in enumerate(schedule.segments):
+            first = codes[seg * per_segment]
+            acc = first.new_zeros(first.shape[0], first.shape[1], frames, schedule.grid, schedule.grid)
+            for c in codes[seg * per_segment: seg * per_segment + upto]:
+                acc = acc + self.up(c, schedule.grid)
+            parts.append(acc)
         return torch.cat(parts, dim=2)
 
     def next_scale_inputs(self, codes: list[torch.Tensor], schedule: ScaleSchedule) -> list[torch.Tensor | None]:

@@ -213,13 +213,13 @@ class TokenizerTask:
         """Hinge PatchGAN: the critic learns from step 0; the generator term starts at ``start_step``."""
         adv = self.tcfg.loss.adversarial
         disc = bare.discriminator
-        d_loss = F.relu(1 - disc(video)).mean() + F.relu(1 + disc(recon.detach())).mean()
+        d_loss = hinge_critic_loss(disc(video), disc(recon.detach()))
         parts["critic"] = _num(d_loss)
         if step < adv.start_step:
             return d_loss
         disc.requires_grad_(False)  # the generator's term must not train the critic
         try:
-            g_loss = -disc(recon).mean()
+            g_loss = hinge_generator_loss(disc(recon))
         finally:
             disc.requires_grad_(True)
         weight = adv.weight
@@ -312,6 +312,15 @@ class TokenizerTask:
                           folder / "reconstruction.gif"),
                  save_png(strip_grid([frames(p[0]) for p in prefixes] + [frames(target[0])]), folder / "coarse_to_fine.png")]
         return files
+
+
+def hinge_critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Zero once real patches score >= 1 and fake ones <= -1."""
+    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+
+def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return -fake_logits.mean()
 
 
 def low_resolution(video: torch.Tensor, factor: float) -> torch.Tensor:
