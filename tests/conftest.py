@@ -22,6 +22,12 @@ TINY = [
     "evaluator.train.batch_size=4",
     "evaluator.train.epochs=1",
     "evaluator.train.max_steps=2",
+    "tokenizer.arch.base_channels=8",
+    "tokenizer.quantizer.bits=8",
+    "tokenizer.train.batch_size=4",
+    "tokenizer.train.epochs=1",
+    "tokenizer.train.max_steps=2",
+    "tokenizer.eval.panel_videos=2",
 ]
 
 

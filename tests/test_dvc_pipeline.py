@@ -13,6 +13,7 @@ import yaml
 from conftest import REPO, TINY, run, tracked_files
 from usam.config import compose
 from usam.track import client_for
+from usam.track.provenance import sha256_file
 
 DATASETS = ("moving_digits", "bouncing_shapes")
 
@@ -127,8 +128,6 @@ def test_the_evaluators_stage_trains_through_the_harness_and_reports_metrics(bui
         report = json.loads((built / "metrics" / "evaluators" / f"{name}.json").read_text())
         for kind in ("frame", "clip"):
             weights = built / "models" / "evaluators" / name / f"{kind}.pt"
-            from usam.track.provenance import sha256_file
-
             assert sha256_file(weights) == report[kind]["weights_sha256"]
             assert 0.0 <= report[kind]["test_acc"] <= 1.0 and report[kind]["chance"] > 0
             record = client_for(compose(TINY), built).get_run(report[kind]["mlflow_run_id"])
@@ -136,4 +135,19 @@ def test_the_evaluators_stage_trains_through_the_harness_and_reports_metrics(bui
             assert record.data.metrics["test/acc"] == pytest.approx(report[kind]["test_acc"])
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], cwd=built).stdout)
     assert "test_acc" in json.dumps(shown)
+
+    # the tokenizer stage follows the evaluators: its perceptual loss is the frame evaluator's
+    proc = run(["dvc", "repro", "tokenizer@moving_digits"], cwd=built)
+    assert "Running stage 'evaluators@moving_digits'" not in proc.stdout
+    report = json.loads((built / "metrics" / "tokenizer" / "moving_digits.json").read_text())
+    weights = built / "models" / "tokenizer" / "moving_digits" / "tokenizer.pt"
+    assert sha256_file(weights) == report["weights_sha256"] and report["perceptual"] == "domain_perceptual"
+    assert 0 < report["test"]["psnr"] < 100 and 0 < report["test"]["ssim"] <= 1
+    assert sorted(p.name for p in (weights.parent / "panels").iterdir()) == [
+        "coarse_to_fine.png", "reconstruction.gif", "reconstruction.png"]
+    record = client_for(compose(TINY), built).get_run(report["mlflow_run_id"])
+    assert record.data.metrics["test/psnr"] == pytest.approx(report["test"]["psnr"])
+    lock = yaml.safe_load((built / "dvc.lock").read_text())["stages"]["tokenizer@moving_digits"]
+    assert "models/evaluators/moving_digits" in {d["path"] for d in lock["deps"]}
+    run(["dvc", "repro", "tokenizer"], cwd=built)
     assert "Data and pipelines are up to date." in run(["dvc", "repro"], cwd=built).stdout

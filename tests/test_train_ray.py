@@ -171,3 +171,40 @@ def test_usam_train_resume_continues_an_interrupted_run_bit_exactly(project: Pat
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b), part
     model, ema = reference_file["model"], reference_file["ema"]
     assert any(not torch.equal(model[k], ema[k]) for k in ema)  # the EMA is a distinct average
+
+
+def test_the_tokenizer_trains_on_two_ddp_workers_with_every_loss_and_logs_panels(project: Path):
+    from usam.eval.perceptual import DOMAIN_LABEL
+    from usam.eval.tokenizer import score_tokenizer
+    from usam.models.evaluators import FrameClassifier
+    from usam.train.tokenizer_task import load_tokenizer
+
+    torch.manual_seed(0)  # a stand-in frame evaluator, saved the way the evaluators stage saves one
+    judge = project / "judge.pt"
+    torch.save({"model": FrameClassifier(num_classes=10, width=4, stages=2).state_dict(), "task": "evaluator_frame"}, judge)
+    cfg = compose([
+        *DATA, "data.name=moving_digits", "tokenizer.arch.base_channels=8", "tokenizer.quantizer.bits=8",
+        "tokenizer.train.workers=2", "tokenizer.train.cpus_per_worker=1", "tokenizer.train.threads_per_worker=1",
+        "tokenizer.train.batch_size=4", "tokenizer.train.max_steps=4", "tokenizer.train.epochs=1",
+        "tokenizer.train.log_every=2", f"tokenizer.loss.perceptual.domain_weights={judge}",
+        "tokenizer.loss.adversarial.weight=0.5", "tokenizer.loss.adversarial.start_step=2", "tokenizer.eval.panel_videos=2",
+    ])
+    result = fit(cfg, "tokenizer", root=project)
+    assert result.metrics["step"] == 4
+    assert {"val_psnr", "val_ssim", f"val_{DOMAIN_LABEL}", "val_psnr_prefix_4", "val_bit_entropy"} <= set(result.metrics)
+
+    client = client_for(cfg, project)
+    metrics = client.get_run(result.run_id).data.metrics
+    assert {"train/l1", "train/critic", "train/generator", f"train/{DOMAIN_LABEL}", "train/commitment",
+            "val/psnr", "val/bit_entropy/img_1x1x1", "val/bit_entropy/clip1_4x8x8"} <= set(metrics)
+    panels = {a.path for a in client.list_artifacts(result.run_id, "panels/step_000004")}
+    assert panels == {f"panels/step_000004/{n}" for n in ("reconstruction.png", "reconstruction.gif", "coarse_to_fine.png")}
+
+    model, meta = load_tokenizer(result.weights_path, result.weights_sha256)
+    assert meta["model_kwargs"]["bits"] == 8 and meta["perceptual"] == DOMAIN_LABEL and meta["frames"] == 8
+    assert not hasattr(model, "discriminator")  # the critic is a training aid, not part of the tokenizer
+    task = make_task("tokenizer", cfg, project / "data", project)
+    val = score_tokenizer(task, result.weights_path, "val", expected_sha256=result.weights_sha256)
+    assert val["psnr"] == pytest.approx(result.metrics["val_psnr"], abs=1e-3)  # the export is what was validated
+    bits, schedule = model.encode(torch.zeros(1, 3, 8, 32, 32))
+    assert model.decode(bits, schedule, 8).shape == (1, 3, 8, 32, 32)
