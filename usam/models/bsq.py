@@ -138,7 +138,7 @@ class MultiScaleBSQ(nn.Module):
                 r = self.down(residual, side)
                 u = F.normalize(r, dim=1)  # on the unit sphere; the code is its nearest corner
                 hard = torch.where(r >= 0, self.unit, -self.unit).to(r.dtype)
-                code = r + (hard - r).detach()  # straight-through: the value is exactly +-1/sqrt(d)
+                code = hard + (r - r.detach())  # straight-through: the value is exactly +-1/sqrt(d)
                 up = self.up(code, residual.shape[-1])
                 acc = acc + up
                 residual = residual - up
@@ -150,6 +150,32 @@ class MultiScaleBSQ(nn.Module):
         z_q = torch.cat(parts, dim=2)
         commitment = F.mse_loss(z, z_q.detach())
         return Quantized(z_q, codes, commitment, torch.stack(entropies).mean(), balance, schedule)
+
+    @torch.no_grad()
+    def self_correction(self, z: torch.Tensor, max_flip: float, generator: torch.Generator | None = None
+                        ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Bitwise self-correction targets: quantize ``z`` scale by scale, but flip a random share
+        (uniform in [0, max_flip], drawn per sample and stage) of each stage's bits before it enters
+        the running sum, so later residuals are computed from the corrupted history.
+
+        Returns (inputs, targets) per stage: the corrupted codes a model sees through its inputs,
+        and the codes that correct the corrupted history (what it must predict).
+        """
+        schedule = self.schedule(z.shape[2])
+        corrupted, targets = [], []
+        for t0, n in schedule.segments:
+            residual = z[:, :, t0:t0 + n]
+            for side in schedule.scales:
+                r = self.down(residual, side)
+                code = torch.where(r >= 0, self.unit, -self.unit).to(z.dtype)
+                targets.append(code)
+                if max_flip > 0:
+                    share = torch.rand(z.shape[0], 1, 1, 1, 1, generator=generator, device=z.device) * max_flip
+                    flip = torch.rand(code.shape, generator=generator, device=z.device) < share
+                    code = torch.where(flip, -code, code)
+                corrupted.append(code)
+                residual = residual - self.up(code, residual.shape[-1])
+        return corrupted, targets
 
     def _entropy(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """BSQ's entropy term, factorized per bit: low when each token is confident about its bits,

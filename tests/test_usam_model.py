@@ -1,0 +1,176 @@
+"""The USAM transformer: what each attention mode may see, KV-cache sampling, guidance, self-correction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from usam.models.bsq import MultiScaleBSQ
+from usam.models.usam import USAM, attention_mask, token_layout
+
+BITS, SCALES, LATENT_FRAMES, CLIP = 8, (1, 2, 4), 5, 2  # an image pyramid, then two clips of 2 latent frames
+
+
+def _model(mode: str, positions: str = "rope", **kw) -> USAM:
+    torch.manual_seed(0)
+    model = USAM(BITS, SCALES, LATENT_FRAMES, CLIP, width=32, depth=2, heads=2, attention=mode, positions=positions,
+                 num_classes=10, **kw).eval()
+    for p in model.parameters():  # zero-initialised gates and projections would hide paths
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+def _stream(batch: int = 2, seed: int = 0):
+    torch.manual_seed(seed)
+    q = MultiScaleBSQ(BITS, SCALES, CLIP)
+    out = q(torch.randn(batch, BITS, LATENT_FRAMES, 4, 4))
+    return q, out, q.next_scale_inputs(out.codes, out.schedule)
+
+
+def _reach(mask: torch.Tensor, depth: int) -> torch.Tensor:
+    """Which inputs can influence which outputs through ``depth`` attention layers."""
+    r = mask.clone()
+    for _ in range(depth - 1):
+        r = (r.float() @ mask.float() > 0) | r
+    return r
+
+
+@pytest.mark.parametrize("mode", ["block_causal", "sparse", "factorized"])
+@pytest.mark.parametrize("positions", ["rope", "learned"])
+def test_each_attention_mode_sees_exactly_what_its_mask_allows(mode, positions):
+    model = _model(mode, positions)
+    _, out, inputs = _stream()
+    cond = {"class": torch.tensor([3, 7])}
+    base = model(inputs, cond)
+    reach = _reach(model.mask, len(model.blocks))
+    layout = token_layout(model.schedule)
+    for stage in (1, 4, 5, 7):  # image scale 2, clip 1 middle and largest scales, clip 2 middle scale
+        st = model.schedule.stages[stage]
+        perturbed = [None if t is None else t.clone() for t in inputs]
+        f, y, x = st.frames - 1, st.side // 2, st.side - 1
+        perturbed[stage][:, :, f, y, x] += 1.0  # one token's input
+        token = model.bounds[stage] + (f * st.side + y) * st.side + x
+        changed = (model(perturbed, cond) - base).abs().flatten(2).amax(-1).amax(0) > 0
+        assert torch.equal(changed, reach[:, token]), f"{mode}: stage {stage} reached the wrong tokens"
+        assert changed[token] and changed.sum() < len(changed)  # visible somewhere, invisible somewhere
+    if mode == "block_causal":  # a token never sees a later stage, and so never a later clip
+        assert not model.mask[layout["stage"][:, None] < layout["stage"][None, :]].any()
+    if mode == "sparse":  # a clip's first scale sees the previous segment's largest scale and nothing older
+        first_clip2 = model.bounds[2 * len(SCALES)]
+        seen = set(layout["stage"][model.mask[first_clip2]].tolist())
+        assert seen == {2 * len(SCALES), 2 * len(SCALES) - 1}
+    if mode == "factorized":  # never a later frame
+        assert not model.mask[layout["frame"][:, None] < layout["frame"][None, :]].any()
+
+
+def test_kv_cached_stages_give_the_full_pass_logits():
+    for mode in ("block_causal", "sparse", "factorized"):
+        model = _model(mode)
+        _, _, inputs = _stream()
+        cond = {"class": torch.tensor([3, 7])}
+        full = model(inputs, cond)
+        c, memory, memory_mask = model._condition(cond, 2, torch.device("cpu"))
+        caches = [dict() for _ in model.blocks]
+        staged = torch.cat([model.stage_logits(i, inputs[i], c, memory, memory_mask, caches)
+                            for i in range(len(model.schedule.stages))], dim=1)
+        assert torch.allclose(staged, full, atol=1e-5), mode
+
+
+def _greedy_replay(model, q, bits, cond):
+    """Teacher-forced logits of the model on its own samples."""
+    codes = q.codes_from_bits(bits)
+    return model(q.next_scale_inputs(codes, model.schedule), cond)
+
+
+def test_sampling_with_and_without_the_cache_and_guidance_match_the_model():
+    model = _model("block_causal")
+    q = MultiScaleBSQ(BITS, SCALES, CLIP)
+    cond = {"class": torch.tensor([3, 7])}
+    gen = lambda **kw: model.generate(q, cond, 2, top_k=1, **kw)  # noqa: E731  greedy: deterministic
+    cached, recomputed = gen(cfg=1.0), gen(cfg=1.0, use_cache=False)
+    assert all(torch.equal(a, b) for a, b in zip(cached, recomputed))
+    # scale 1: the conditional model's own choice at every bit
+    logits = _greedy_replay(model, q, cached, cond)
+    assert torch.equal(model.flatten(cached), logits[..., 1] > logits[..., 0])
+    # scale 3 with a linear ramp: uncond + s_k (cond - uncond) at every stage
+    guided = gen(cfg=3.0)
+    cond_l = _greedy_replay(model, q, guided, cond)
+    uncond_l = _greedy_replay(model, q, guided, model.null_condition(2, torch.device("cpu")))
+    ramp = torch.cat([torch.full((st.tokens,), s) for st, s in zip(model.schedule.stages, model.guidance(3.0, "linear"))])
+    mixed = uncond_l + ramp[None, :, None, None] * (cond_l - uncond_l)
+    assert torch.equal(model.flatten(guided), mixed[..., 1] > mixed[..., 0])
+    assert not all(torch.equal(a, b) for a, b in zip(guided, cached))  # guidance changed something
+    assert model.guidance(3.0, "linear")[:3] == [1.0, 2.0, 3.0]
+
+
+def test_forced_stages_are_kept_and_the_rest_is_sampled_from_them():
+    model = _model("block_causal")
+    q = MultiScaleBSQ(BITS, SCALES, CLIP)
+    cond = {"class": torch.tensor([3, 7])}
+    _, out, _ = _stream()
+    given = q.bits_of(out)
+    forced = [given[i] if i < len(SCALES) else None for i in range(len(given))]  # the first frame is given
+    bits = model.generate(q, cond, 2, top_k=1, forced=forced)
+    assert all(torch.equal(bits[i], given[i]) for i in range(len(SCALES)))
+    logits = _greedy_replay(model, q, bits, cond)
+    lo = model.bounds[len(SCALES)]
+    assert torch.equal(model.flatten(bits)[:, lo:], (logits[..., 1] > logits[..., 0])[:, lo:])
+
+
+def test_temperature_and_top_p_sampling_is_seeded_and_varied():
+    model = _model("sparse")
+    q = MultiScaleBSQ(BITS, SCALES, CLIP)
+    cond = {"class": torch.tensor([3, 3])}
+    run = lambda seed, **kw: model.generate(q, cond, 2, generator=torch.Generator().manual_seed(seed), **kw)  # noqa: E731
+    a, b, c = run(0), run(0), run(1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    greedy = model.generate(q, cond, 2, top_k=1)
+    nucleus = run(5, top_p=0.0)  # every bit's likelier value covers a nucleus of 0
+    assert all(torch.equal(x, y) for x, y in zip(greedy, nucleus))
+
+
+def test_self_correction_flips_bits_and_targets_correct_the_corrupted_history():
+    torch.manual_seed(0)
+    q = MultiScaleBSQ(BITS, SCALES, CLIP)
+    z = torch.randn(4, BITS, LATENT_FRAMES, 4, 4) * 2
+    clean_inputs, clean_targets = q.self_correction(z, 0.0)
+    reference = q(z).codes
+    assert all(torch.equal(a, b) for a, b in zip(clean_targets, reference))
+    assert all(torch.equal(a, b) for a, b in zip(clean_inputs, reference))
+    corrupted, targets = q.self_correction(z, 0.3, torch.Generator().manual_seed(0))
+    flipped = [float((c != t).float().mean()) for c, t in zip(corrupted, targets)]
+    assert 0.0 < sum(flipped) / len(flipped) < 0.3
+    # a stage's target is the quantized residual left by the corrupted history before it
+    schedule = q.schedule(LATENT_FRAMES)
+    k = 2
+    history = q.cumulative(corrupted, schedule, k)[:, :, :1]
+    expected = torch.where(q.down(z[:, :, :1] - history, SCALES[k]) >= 0, q.unit, -q.unit)
+    assert torch.equal(targets[k], expected)
+    assert not torch.equal(targets[k], reference[k])
+
+
+def test_masks_are_built_for_every_mode_and_bad_settings_are_refused():
+    model = _model("block_causal")
+    schedule = model.schedule
+    sizes = {m: int(attention_mask(schedule, m).sum()) for m in ("block_causal", "sparse", "factorized")}
+    assert sizes["block_causal"] > sizes["sparse"] and sizes["block_causal"] > sizes["factorized"]
+    with pytest.raises(ValueError, match="unknown attention mode"):
+        USAM(BITS, SCALES, LATENT_FRAMES, CLIP, width=32, heads=2, attention="global")
+    with pytest.raises(ValueError, match="divisible by 8"):
+        USAM(BITS, SCALES, LATENT_FRAMES, CLIP, width=36, heads=3)
+    with pytest.raises(ValueError, match="cannot be split into clips"):
+        USAM(BITS, SCALES, 4, CLIP, width=32, heads=2)
+
+
+def test_text_conditioning_reaches_every_token_and_padding_is_ignored():
+    model = _model("block_causal", text_vocab=12)
+    _, _, inputs = _stream()
+    text = torch.tensor([[3, 4, 5, 0], [6, 0, 0, 0]])
+    base = model(inputs, {"class": torch.tensor([1, 1]), "text": text})
+    padded = torch.cat([text, torch.zeros(2, 3, dtype=torch.long)], dim=1)
+    assert torch.allclose(model(inputs, {"class": torch.tensor([1, 1]), "text": padded}), base, atol=1e-5)
+    other = text.clone()
+    other[0, 1] = 9
+    changed = (model(inputs, {"class": torch.tensor([1, 1]), "text": other}) - base).detach().abs().flatten(2).amax(-1)
+    assert bool((changed[0] > 0).all()) and float(changed[1].max()) == 0.0

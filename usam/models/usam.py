@@ -1,0 +1,445 @@
+"""The USAM spacetime autoregressive transformer: next-scale prediction inside a clip, next-clip across clips.
+
+The token stream follows the tokenizer's :class:`ScaleSchedule`: the first frame's image
+scales, then each clip's scales (full time at every scale). The input of a stage is the
+cumulative code map of its segment's earlier scales, downsampled to the stage's grid and
+projected to the width (a start token at a segment's first scale); a bitwise head predicts
+every bit of every token of the stage at once. Which earlier tokens a token may attend to
+is the ``attention`` mode, one boolean mask built once from the schedule:
+
+- ``block_causal`` (VAR): every token of every earlier stage, and its own stage;
+- ``sparse`` (InfinityStar): its own stage and the largest scale of the previous segment
+  (earlier scales of its own segment reach it through its input map);
+- ``factorized``: spatial attention within its own frame plus causal temporal attention
+  across frames at its own position, and earlier stages up to its own frame.
+
+Blocks: pre-norm RMSNorm, QK-norm, SwiGLU, residual paths with dropout and stochastic depth,
+and adaptive norms modulated by the condition and the stage (clip/scale) index.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from usam.models import register
+from usam.models.bsq import ScaleSchedule
+from usam.models.evaluators import drop_path
+
+ATTENTION_MODES = ("block_causal", "sparse", "factorized")
+
+
+def token_layout(schedule: ScaleSchedule) -> dict[str, torch.Tensor]:
+    """Per token, in stream order (stage, then frame, row, column): its stage, segment, scale,
+    global latent frame, and row/column rescaled to the finest grid (floats, for RoPE)."""
+    cols: dict[str, list] = {k: [] for k in ("stage", "segment", "scale", "frame", "y", "x")}
+    for i, st in enumerate(schedule.stages):
+        f, yy, xx = torch.meshgrid(torch.arange(st.frames), torch.arange(st.side), torch.arange(st.side), indexing="ij")
+        n = st.tokens
+        cols["stage"].append(torch.full((n,), i))
+        cols["segment"].append(torch.full((n,), st.segment))
+        cols["scale"].append(torch.full((n,), st.scale))
+        cols["frame"].append(f.flatten() + st.t0)
+        ratio = schedule.grid / st.side
+        cols["y"].append((yy.flatten().float() + 0.5) * ratio - 0.5)
+        cols["x"].append((xx.flatten().float() + 0.5) * ratio - 0.5)
+    return {k: torch.cat(v) for k, v in cols.items()}
+
+
+def attention_mask(schedule: ScaleSchedule, mode: str) -> torch.Tensor:
+    """(L, L) bool, True where query token i may attend to key token j."""
+    lay = token_layout(schedule)
+    s_i, s_j = lay["stage"][:, None], lay["stage"][None, :]
+    if mode == "block_causal":
+        return s_j <= s_i
+    if mode == "sparse":
+        last = len(schedule.scales) - 1
+        prev_largest = (lay["segment"][None, :] == lay["segment"][:, None] - 1) & (lay["scale"][None, :] == last)
+        return (s_j == s_i) | prev_largest
+    if mode == "factorized":
+        f_i, f_j = lay["frame"][:, None], lay["frame"][None, :]
+        same_pos = (lay["y"][:, None] == lay["y"][None, :]) & (lay["x"][:, None] == lay["x"][None, :])
+        own = (s_j == s_i) & ((f_j == f_i) | (same_pos & (f_j <= f_i)))
+        return own | ((s_j < s_i) & (f_j <= f_i))
+    raise ValueError(f"unknown attention mode {mode!r}; use one of {', '.join(ATTENTION_MODES)}")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6, affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps).to(x.dtype)
+        return y * self.weight if self.weight is not None else y
+
+
+class SpacetimeRoPE(nn.Module):
+    """Rotary embedding over four axes (scale, frame, row, column): each gets a quarter of the head dim."""
+
+    def __init__(self, head_dim: int, base: float = 100.0):
+        super().__init__()
+        if head_dim % 8:
+            raise ValueError(f"RoPE over 4 axes needs a head dim divisible by 8, got {head_dim}")
+        quarter = head_dim // 4
+        self.register_buffer("freqs", base ** (-torch.arange(0, quarter, 2).float() / quarter), persistent=False)
+
+    def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (L, 4) -> cos, sin of shape (L, head_dim / 2)."""
+        ang = torch.cat([positions[:, a:a + 1].float() * self.freqs for a in range(4)], dim=-1)
+        return ang.cos(), ang.sin()
+
+    @staticmethod
+    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return out.flatten(-2).to(x.dtype)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, qk_norm: bool, dropout: float):
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.proj = nn.Linear(width, width)
+        self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.dropout = dropout
+
+    def forward(self, x, mask, rope=None, cache: dict | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            cos, sin = rope
+            q, k = SpacetimeRoPE.apply(q, cos, sin), SpacetimeRoPE.apply(k, cos, sin)
+        if cache is not None:  # sampling: keys and values of every earlier stage stay cached
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class CrossAttention(nn.Module):
+    """Tokens attend to the text (or context-frame) tokens of their sample."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.q = nn.Linear(width, width, bias=False)
+        self.kv = nn.Linear(width, 2 * width, bias=False)
+        self.proj = nn.Linear(width, width)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x, memory, memory_mask) -> torch.Tensor:
+        b, n, c = x.shape
+        q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(memory).view(b, memory.shape[1], 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        mask = memory_mask[:, None, None, :]  # (B, 1, 1, M): padding never attended
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = torch.nan_to_num(out)  # a sample with no memory token at all (dropped condition) gets zeros
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, width: int, ratio: float, dropout: float):
+        super().__init__()
+        hidden = int(2 * ratio * width / 3 + 7) // 8 * 8
+        self.gate_up = nn.Linear(width, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, width, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(self.drop(F.silu(gate) * up))
+
+
+class Block(nn.Module):
+    """Pre-norm block; the norms are adaptive: shift, scale and gate come from the token's condition."""
+
+    def __init__(self, width, heads, mlp_ratio, qk_norm, dropout, drop_rate, cross: bool):
+        super().__init__()
+        self.norm1, self.norm2 = RMSNorm(width, affine=False), RMSNorm(width, affine=False)
+        self.attn = SelfAttention(width, heads, qk_norm, dropout)
+        self.cross = CrossAttention(width, heads) if cross else None
+        self.norm_cross = RMSNorm(width) if cross else None
+        self.mlp = SwiGLU(width, mlp_ratio, dropout)
+        self.ada = nn.Linear(width, 6 * width)
+        nn.init.zeros_(self.ada.weight)  # starts as a plain pre-norm block with unit gates
+        nn.init.zeros_(self.ada.bias)
+        self.drop = nn.Dropout(dropout)
+        self.drop_rate = drop_rate
+
+    def forward(self, x, cond, mask, rope=None, memory=None, memory_mask=None, cache=None):
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond).chunk(6, dim=-1)
+        h = self.attn(self.norm1(x) * (1 + scale1) + shift1, mask, rope, cache)
+        x = x + drop_path(self.drop((1 + gate1) * h), self.drop_rate, self.training)
+        if self.cross is not None and memory is not None:
+            x = x + self.cross(self.norm_cross(x), memory, memory_mask)
+        h = self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+        return x + drop_path(self.drop((1 + gate2) * h), self.drop_rate, self.training)
+
+
+class TextEncoder(nn.Module):
+    """A small learned text encoder over word ids (0 = padding): embeddings + transformer layers."""
+
+    def __init__(self, vocab: int, width: int, heads: int, layers: int = 2, max_len: int = 32):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width, padding_idx=0)
+        self.pos = nn.Parameter(torch.zeros(1, max_len, width))
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ids (B, n) -> memory (B, n, C), its mask (True = a word), pooled (B, C) (zeros for an empty text)."""
+        mask = ids > 0
+        h = self.embed(ids) + self.pos[:, : ids.shape[1]]
+        h = self.norm(self.layers(h, src_key_padding_mask=~mask))
+        h = h * mask[..., None]
+        pooled = h.sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        return h, mask, pooled
+
+
+@register("usam")
+class USAM(nn.Module):
+    """The spacetime autoregressive transformer over a fixed :class:`ScaleSchedule`.
+
+    Conditions (any combination; 0 turns one off): ``num_classes`` class labels,
+    ``num_actions`` action cues, ``text_vocab`` word ids through a learned text encoder
+    (cross-attention + pooled into the adaptive norms). Index ``num_classes`` / ``num_actions``
+    and an all-padding text are the null condition of classifier-free guidance.
+    """
+
+    def __init__(self, bits: int, scales, latent_frames: int, clip_frames: int | None = None, width: int = 128,
+                 depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0, drop_path: float = 0.0,
+                 attention: str = "block_causal", positions: str = "rope", qk_norm: bool = True, num_classes: int = 0,
+                 num_actions: int = 0, text_vocab: int = 0, text_len: int = 16, cond_dropout: float = 0.1,
+                 grad_checkpointing: bool = False):
+        super().__init__()
+        self.schedule = ScaleSchedule.build(scales, latent_frames, clip_frames)
+        self.bits, self.width, self.attention_mode, self.positions = bits, width, attention, positions
+        self.num_classes, self.num_actions, self.cond_dropout = num_classes, num_actions, cond_dropout
+        self.grad_checkpointing = grad_checkpointing
+        layout = token_layout(self.schedule)
+        self.register_buffer("mask", attention_mask(self.schedule, attention), persistent=False)
+        self.register_buffer("stage_of_token", layout["stage"], persistent=False)
+        self.register_buffer("rope_positions", torch.stack(
+            [layout["scale"].float(), layout["frame"].float(), layout["y"], layout["x"]], dim=1), persistent=False)
+        bounds = [0]
+        for st in self.schedule.stages:
+            bounds.append(bounds[-1] + st.tokens)
+        self.bounds = bounds
+        stages = len(self.schedule.stages)
+
+        self.in_proj = nn.Linear(bits, width)
+        self.start = nn.Parameter(torch.randn(2, width) * 0.02)  # image segment, clip segment
+        self.stage_embed = nn.Embedding(stages, width)  # clip/scale index: feeds the adaptive norms
+        if positions == "rope":
+            self.rope = SpacetimeRoPE(width // heads)
+        elif positions == "learned":
+            self.rope = None
+            self.pos = nn.Parameter(torch.randn(1, bounds[-1], width) * 0.02)
+            self.level = nn.Embedding(len(self.schedule.scales), width)
+        else:
+            raise ValueError(f"unknown positions {positions!r}; use rope or learned")
+        self.class_embed = nn.Embedding(num_classes + 1, width) if num_classes else None
+        self.action_embed = nn.Embedding(num_actions + 1, width) if num_actions else None
+        self.text = TextEncoder(text_vocab, width, heads, max_len=text_len) if text_vocab else None
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_ratio, qk_norm, dropout, r, cross=self.text is not None) for r in rates)
+        self.head_norm = RMSNorm(width, affine=False)
+        self.head_ada = nn.Linear(width, 2 * width)
+        nn.init.zeros_(self.head_ada.weight)
+        nn.init.zeros_(self.head_ada.bias)
+        self.head = nn.Linear(width, 2 * bits)  # one logit pair per bit: no 2^d softmax
+
+    # ---- conditions ----------------------------------------------------------------------------------------------
+
+    def null_condition(self, batch: int, device) -> dict[str, torch.Tensor]:
+        cond = {}
+        if self.class_embed is not None:
+            cond["class"] = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        if self.action_embed is not None:
+            cond["action"] = torch.full((batch,), self.num_actions, dtype=torch.long, device=device)
+        if self.text is not None:
+            cond["text"] = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        return cond
+
+    def drop_condition(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Classifier-free guidance training: each sample loses its whole condition with probability cond_dropout."""
+        if not self.training or self.cond_dropout == 0 or not cond:
+            return cond
+        batch = next(iter(cond.values())).shape[0]
+        device = next(iter(cond.values())).device
+        drop = torch.rand(batch, device=device) < self.cond_dropout
+        null = self.null_condition(batch, device)
+        out = {}
+        for key, value in cond.items():
+            if key == "text":
+                out[key] = torch.where(drop[:, None], torch.zeros_like(value), value)
+            else:
+                out[key] = torch.where(drop, null[key], value)
+        return out
+
+    def _condition(self, cond: dict[str, torch.Tensor], batch: int, device):
+        c = torch.zeros(batch, self.width, device=device)
+        memory = memory_mask = None
+        if self.class_embed is not None:
+            c = c + self.class_embed(cond["class"])
+        if self.action_embed is not None:
+            c = c + self.action_embed(cond["action"])
+        if self.text is not None:
+            memory, memory_mask, pooled = self.text(cond["text"])
+            c = c + pooled
+        return c, memory, memory_mask
+
+    # ---- the stream ----------------------------------------------------------------------------------------------
+
+    def _embed(self, stage_inputs: list[torch.Tensor | None], stages: range, batch: int, c: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for i in stages:
+            st, inp = self.schedule.stages[i], stage_inputs[i - stages.start]
+            if inp is None:  # a segment's first scale: its start token plus the condition
+                tok = (self.start[0 if st.segment == 0 else 1] + c)[:, None, :].expand(batch, st.tokens, self.width)
+            else:
+                tok = self.in_proj(inp.permute(0, 2, 3, 4, 1).reshape(batch, st.tokens, self.bits).to(self.in_proj.weight.dtype))
+            parts.append(tok)
+        x = torch.cat(parts, dim=1)
+        lo, hi = self.bounds[stages.start], self.bounds[stages.stop]
+        if self.rope is None:
+            x = x + self.pos[:, lo:hi] + self.level(self.rope_positions[lo:hi, 0].long())[None]
+        return x
+
+    def _run(self, x, c, lo: int, hi: int, memory, memory_mask, caches=None) -> torch.Tensor:
+        """Blocks over tokens lo..hi (all earlier tokens are in ``caches`` when sampling)."""
+        tok_cond = F.silu(c[:, None, :] + self.stage_embed(self.stage_of_token[lo:hi])[None])
+        key_lo = 0 if caches is not None else lo
+        mask = self.mask[lo:hi, key_lo:hi]
+        rope = self.rope.angles(self.rope_positions[lo:hi]) if self.rope is not None else None
+        for i, block in enumerate(self.blocks):
+            cache = caches[i] if caches is not None else None
+            if self.grad_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, tok_cond, mask, rope, memory, memory_mask, cache,
+                                                      use_reentrant=False)
+            else:
+                x = block(x, tok_cond, mask, rope, memory, memory_mask, cache)
+        shift, scale = self.head_ada(tok_cond).chunk(2, dim=-1)
+        logits = self.head(self.head_norm(x) * (1 + scale) + shift)
+        return logits.view(x.shape[0], hi - lo, self.bits, 2).float()
+
+    def forward(self, stage_inputs: list[torch.Tensor | None], cond: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Teacher-forced pass over the whole stream: per-stage inputs (``MultiScaleBSQ.next_scale_inputs``)
+        -> bit logits (B, L, d, 2)."""
+        batch = next(t for t in stage_inputs if t is not None).shape[0] if any(t is not None for t in stage_inputs) else 1
+        device = self.start.device
+        cond = self.drop_condition(cond or {})
+        if cond:
+            batch = next(iter(cond.values())).shape[0]
+        c, memory, memory_mask = self._condition(cond or self.null_condition(batch, device), batch, device)
+        x = self._embed(stage_inputs, range(len(self.schedule.stages)), batch, c)
+        return self._run(x, c, 0, self.bounds[-1], memory, memory_mask)
+
+    def stage_logits(self, i: int, stage_input, c, memory, memory_mask, caches) -> torch.Tensor:
+        """One stage's logits given every earlier stage's keys/values in ``caches`` (one dict per block)."""
+        x = self._embed([stage_input], range(i, i + 1), c.shape[0], c)
+        return self._run(x, c, self.bounds[i], self.bounds[i + 1], memory, memory_mask, caches)
+
+    def split(self, logits_or_bits: torch.Tensor) -> list[torch.Tensor]:
+        """Stream-ordered (B, L, d[, 2]) -> per-stage (B, d, frames, side, side[, 2]) chunks."""
+        out = []
+        for st, lo, hi in zip(self.schedule.stages, self.bounds, self.bounds[1:]):
+            chunk = logits_or_bits[:, lo:hi]
+            shape = (chunk.shape[0], st.frames, st.side, st.side) + tuple(chunk.shape[2:])
+            out.append(chunk.reshape(shape).movedim(4, 1))
+        return out
+
+    def flatten(self, per_stage: list[torch.Tensor]) -> torch.Tensor:
+        """Per-stage (B, d, frames, side, side) -> stream-ordered (B, L, d)."""
+        return torch.cat([t.movedim(1, -1).reshape(t.shape[0], -1, t.shape[1]) for t in per_stage], dim=1)
+
+    # ---- sampling ------------------------------------------------------------------------------------------------
+
+    def guidance(self, cfg: float, ramp: str) -> list[float]:
+        """Per-stage guidance scale: ``constant``, or ``linear`` from 1 at a segment's first scale to ``cfg``
+        at its last (VAR ramps guidance with scale)."""
+        last = max(len(self.schedule.scales) - 1, 1)
+        if ramp == "constant":
+            return [cfg for _ in self.schedule.stages]
+        if ramp == "linear":
+            return [1 + (cfg - 1) * st.scale / last for st in self.schedule.stages]
+        raise ValueError(f"unknown guidance ramp {ramp!r}; use constant or linear")
+
+    @torch.no_grad()
+    def generate(self, quantizer, cond: dict[str, torch.Tensor], batch: int, *, cfg: float = 1.0,
+                 cfg_ramp: str = "linear", temperature=1.0, top_k: int = 0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None, forced: list[torch.Tensor | None] | None = None,
+                 use_cache: bool = True) -> list[torch.Tensor]:
+        """Sample per-stage bits (B, d, frames, side, side): one forward pass per stage, the whole stage in parallel.
+
+        ``temperature``: one value, or one per scale. ``top_k=1`` (or ``top_p`` below a bit's larger
+        probability) takes that bit's likelier value; with two outcomes per bit that is all they can do.
+        ``forced``: per-stage bits to keep instead of sampling (context frames: e.g. the first frame's
+        stages for image-to-video); None entries are sampled. ``use_cache=False`` recomputes the whole
+        prefix at every stage (for checks and benchmarks).
+        """
+        device = self.start.device
+        guided = cfg != 1.0 and bool(cond)
+        if guided:
+            null = self.null_condition(batch, device)
+            full = {}
+            for k in cond:
+                u, v = cond[k], null[k]
+                if k == "text" and v.shape[1] != u.shape[1]:
+                    v = torch.zeros_like(u)
+                full[k] = torch.cat([u, v])
+            cond = full
+        rows = 2 * batch if guided else batch
+        c, memory, memory_mask = self._condition(cond or self.null_condition(rows, device), rows, device)
+        scales = self.guidance(cfg, cfg_ramp)
+        temps = temperature if isinstance(temperature, (list, tuple)) else [temperature] * len(self.schedule.scales)
+        caches = [dict() for _ in self.blocks] if use_cache else None
+        inputs, out, acc = [], [], None
+        grid = self.schedule.grid
+        for i, st in enumerate(self.schedule.stages):
+            if st.scale == 0:
+                acc = torch.zeros(batch, self.bits, st.frames, grid, grid, device=device)
+            inp = None if st.scale == 0 else quantizer.down(acc, st.side)
+            inputs.append(None if inp is None else (torch.cat([inp, inp]) if guided else inp))
+            if use_cache:
+                logits = self.stage_logits(i, inputs[-1], c, memory, memory_mask, caches)
+            else:
+                x = self._embed(inputs, range(0, i + 1), rows, c)
+                logits = self._run(x, c, 0, self.bounds[i + 1], memory, memory_mask)[:, self.bounds[i]:]
+            if guided:
+                cond_l, uncond_l = logits.chunk(2)
+                logits = uncond_l + scales[i] * (cond_l - uncond_l)
+            bits = sample_bits(logits, temps[st.scale], top_k, top_p, generator)
+            bits = bits.view(batch, st.frames, st.side, st.side, self.bits).permute(0, 4, 1, 2, 3)
+            if forced is not None and forced[i] is not None:
+                bits = forced[i].to(device)
+            out.append(bits)
+            code = torch.where(bits, quantizer.unit, -quantizer.unit).float()
+            acc = acc + quantizer.up(code, grid)
+        return out
+
+
+def sample_bits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """(B, n, d, 2) logit pairs -> (B, n, d) bool bits (True = +1)."""
+    p_one = torch.softmax(logits.float() / max(temperature, 1e-6), dim=-1)[..., 1]
+    greedy = p_one > 0.5
+    if temperature == 0 or top_k == 1:
+        return greedy
+    drawn = torch.rand(p_one.shape, generator=generator, device=p_one.device) < p_one
+    if top_p < 1.0:  # nucleus over two outcomes: a bit whose likelier value alone covers top_p is not sampled
+        sure = torch.maximum(p_one, 1 - p_one) >= top_p
+        drawn = torch.where(sure, greedy, drawn)
+    return drawn
