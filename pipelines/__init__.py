@@ -16,3 +16,13 @@ def dataset_stage(doc: str, argv: list[str] | None = None) -> tuple[str, Path, C
     name = parser.parse_args(argv).name
     root = find_project_root()
     return name, root, load_params(root / "params.yaml")
+
+
+def record_weights(client, run_id: str, path: Path, root: Path) -> None:
+    """Point the run's ``checkpoint.path`` tag at where the stage keeps the weights (project-relative)."""
+    path = Path(path).resolve()
+    try:
+        shown = str(path.relative_to(root.resolve()))
+    except ValueError:
+        shown = str(path)
+    client.set_tag(run_id, "checkpoint.path", shown)

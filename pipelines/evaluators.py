@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from pipelines import dataset_stage
+from pipelines import dataset_stage, record_weights
 from usam.data.atomic import atomic_dir
 from usam.errors import main_guard
 from usam.eval.evaluators import accuracy
@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
                 "mlflow_run_id": result.run_id,
             }
             print(f"evaluators/{name}/{kind}: test acc {scores['test']['acc']:.3f} (chance {scores['test']['chance']:.3f})")
+    for kind, entry in report.items():
+        record_weights(client, entry["mlflow_run_id"], out / f"{kind}.pt", root)
     metrics = root / "metrics" / "evaluators" / f"{name}.json"
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")

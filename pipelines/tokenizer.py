@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from pipelines import dataset_stage
+from pipelines import dataset_stage, record_weights
 from usam.data.atomic import atomic_dir
 from usam.errors import main_guard
 from usam.eval.tokenizer import score_tokenizer
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
             run.log_metric(result.run_id, f"test/{key}", value)
         for panel in sorted((tmp / "panels").iterdir()):
             run.log_artifact(result.run_id, str(panel), "panels/test")
+    record_weights(run, result.run_id, out / "tokenizer.pt", root)
     report = {
         "test": scores, "perceptual": task.perceptual_label, "weights_sha256": result.weights_sha256,
         "train_seconds": round(result.train_seconds, 1), "mlflow_run_id": result.run_id,

@@ -69,9 +69,9 @@ def test_kv_cached_stages_give_the_full_pass_logits():
         _, _, inputs = _stream()
         cond = {"class": torch.tensor([3, 7])}
         full = model(inputs, cond)
-        c, memory, memory_mask = model._condition(cond, 2, torch.device("cpu"))
+        state = model._condition(cond, 2, torch.device("cpu"))
         caches = [dict() for _ in model.blocks]
-        staged = torch.cat([model.stage_logits(i, inputs[i], c, memory, memory_mask, caches)
+        staged = torch.cat([model.stage_logits(i, inputs[i], state, caches)
                             for i in range(len(model.schedule.stages))], dim=1)
         assert torch.allclose(staged, full, atol=1e-5), mode
 

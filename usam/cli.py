@@ -134,6 +134,85 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    import dataclasses
+    import time
+
+    from usam.eval.sampling import Sampler
+    from usam.paths import find_project_root, resolve
+    from usam.track import client_for
+    from usam.train.usam_task import write_grid
+
+    cfg = _config(args)
+    root = find_project_root()
+    client = client_for(cfg, root)
+    run = _find_run(client, cfg, args.run, task="usam")
+    tags = run.data.tags
+    sampler = Sampler.load(resolve(tags["checkpoint.path"], root), tags.get("checkpoint.sha256"), root)
+    sampling = cfg.model.sampling
+    changes = {k: v for k, v in (("cfg", args.cfg), ("top_p", args.top_p)) if v is not None}
+    if args.temperature is not None:
+        changes["temperature"] = [args.temperature]
+    sampling = dataclasses.replace(sampling, **changes)
+    context = None
+    if args.context:
+        context = _context_video(cfg, root, args.context)
+    cond, forced, notes = sampler.conditions(args.num, klass=args.klass, action=args.action, text=args.text, context=context)
+    for note in notes:
+        print(f"note: {note}")
+    videos = sampler.sample(cond, args.num, sampling, args.seed, forced)
+    out = args.out or root / "outputs" / "samples" / run.info.run_id / time.strftime("%Y%m%d-%H%M%S")
+    files = write_grid(videos, Path(out), "samples", mp4=True)
+    for f in files:
+        client.log_artifact(run.info.run_id, str(f), f"samples/{Path(out).name}")
+    what = ", ".join(f"{k} {v!r}" for k, v in (("class", args.klass), ("action", args.action), ("text", args.text),
+                                                   ("context", args.context)) if v is not None) or "unconditional"
+    print(f"{args.num} videos ({what}; cfg {sampling.cfg}, seed {args.seed}) from run {run.info.run_id}:")
+    for f in files:
+        print(f"  {f}")
+    return 0
+
+
+def _find_run(client, cfg, ref: str, task: str):
+    """A run by id, by name, or `latest` (the newest finished run of ``task``)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    ids = [experiment.experiment_id] if experiment else []
+    if ref == "latest":
+        runs = client.search_runs(ids, f"tags.`usam.task` = '{task}' and attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    else:
+        try:
+            runs = [client.get_run(ref)]
+        except MlflowException:
+            runs = client.search_runs(ids, f"attributes.run_name = '{ref}'", order_by=["attributes.start_time DESC"],
+                                      max_results=1) if ids else []
+    if not runs:
+        raise UsamError(f"no {task} run {ref!r} in the tracking store", where=f"experiment {cfg.tracking.experiment!r}",
+                        fix=f"pass a run id or name from `usam ui`, or `latest` after `usam train {task}`")
+    run = runs[0]
+    if run.data.tags.get("usam.task") != task or "checkpoint.path" not in run.data.tags:
+        raise UsamError(f"run {run.info.run_id} is not a finished {task} training run", where=f"run {ref}",
+                        fix=f"pass the id of a `usam train {task}` run (or its stage's run)")
+    return run
+
+
+def _context_video(cfg, root: Path, ref: str):
+    """``SPLIT:INDEX`` of the configured dataset -> one normalized video (3, T, H, W)."""
+    from usam.data import VideoDataset
+    from usam.paths import resolve
+
+    split, _, index = ref.partition(":")
+    if split not in ("train", "val", "test") or not index.isdigit():
+        raise UsamError(f"--context {ref!r} is not SPLIT:INDEX", where="--context", fix="e.g. --context test:0")
+    data = VideoDataset(resolve(cfg.data.root, root) / "prepared" / cfg.data.name / split, cfg.preprocess,
+                        train=False, seed=cfg.seed)
+    if int(index) >= len(data):
+        raise UsamError(f"{split} has {len(data)} videos, no index {index}", where="--context", fix="pick a smaller index")
+    return data[int(index)]["video"].transpose(0, 1)
+
+
 def cmd_ui(args) -> int:
     from usam.paths import find_project_root
     from usam.track import artifact_root, tracking_uri
@@ -218,6 +297,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--params", metavar="FILE", help="read this composed config instead of the tree")
     _add_overrides(train)
     train.set_defaults(fn=cmd_train)
+
+    sample = sub.add_parser(
+        "sample", help="generate videos with a trained USAM model (GIF, MP4 and PNG grid, logged to its run)",
+        description="Sample NUM videos from a USAM training run. Examples:\n"
+        "  usam sample latest --class 3 --num 16\n"
+        "  usam sample <run-id> --text 'digit 7 bouncing fast' --cfg 4 --seed 1\n"
+        "  usam sample <run-id> --context test:0 --num 4      # continue a given first frame",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sample.add_argument("run", help="MLflow run id or name of a `usam train usam` run, or `latest`")
+    sample.add_argument("--class", dest="klass", metavar="NAME", help="class to generate (e.g. 3, or circle)")
+    sample.add_argument("--action", metavar="NAME", help="action cue (bouncing_shapes), e.g. left+speed_up")
+    sample.add_argument("--text", metavar="PROMPT", help="caption-style prompt; unknown words are read as unknown")
+    sample.add_argument("--context", metavar="SPLIT:INDEX", help="continue the first frame of this dataset video")
+    sample.add_argument("--num", type=int, default=8, help="videos to generate")
+    sample.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same videos)")
+    sample.add_argument("--cfg", type=float, help="guidance scale (default: model.sampling.cfg)")
+    sample.add_argument("--temperature", type=float, help="one temperature for every scale")
+    sample.add_argument("--top-p", type=float, dest="top_p", help="nucleus threshold per bit")
+    sample.add_argument("--out", type=Path, help="output folder (default: outputs/samples/<run>/<time>)")
+    sample.add_argument("--params", metavar="FILE")
+    _add_overrides(sample)
+    sample.set_defaults(fn=cmd_sample)
 
     ui = sub.add_parser("ui", help="open the MLflow UI over the configured store")
     ui.add_argument("--host", default="127.0.0.1")

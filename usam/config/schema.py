@@ -147,18 +147,62 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
+class Conditioning:
+    class_label: bool = knob(doc="condition on the class: the digit (moving_digits), the shape kind (bouncing_shapes), the label (video_folder)")
+    action: bool = knob(doc="condition on the action cue (bouncing_shapes only)")
+    text: bool = knob(doc="condition on the templated caption through a small learned text encoder (cross-attention)")
+    context_frames: bool = knob(
+        doc="image-to-video: the first frame is given (encoded, cross-attended, added to every clip's input) "
+            "and its tokens are forced during sampling"
+    )
+    dropout: float = knob(ge=0.0, lt=1.0, doc="probability of dropping the whole condition (classifier-free guidance)")
+
+
+@dataclass(frozen=True)
+class USAMLoss:
+    scale_weight_power: float = knob(ge=0.0, le=2.0, doc="stage weight = min(tokens ** power, cap): larger scales weigh more")
+    scale_weight_cap: float = knob(ge=1.0, le=1e6, doc="cap of a stage's weight")
+    label_smoothing: float = knob(ge=0.0, lt=1.0, doc="label smoothing of the per-bit cross-entropy")
+    self_correction: float = knob(ge=0.0, le=0.5, doc="bitwise self-correction: max share of a stage's bits flipped (0: off)")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    cfg: float = knob(ge=0.0, le=50.0, doc="classifier-free guidance scale (1: the conditional model)")
+    cfg_ramp: Literal["linear", "constant"] = knob(doc="linear: from 1 at a segment's first scale to cfg at its last")
+    temperature: list[float] = knob(ge=0.0, le=10.0, min_len=1, doc="one value, or one per scale (coarse to fine)")
+    top_k: Literal[0, 1, 2] = knob(doc="per bit: 1 takes the likelier value, 0 or 2 sample both")
+    top_p: float = knob(ge=0.0, le=1.0, doc="a bit whose likelier value has at least this probability is not sampled")
+    per_class: int = knob(ge=1, le=256, doc="videos sampled per class for the sample grids")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: Literal["usam"] = knob(doc="registered model to train")
     width: int = knob(ge=16, le=8192, doc="transformer width")
     depth: int = knob(ge=1, le=128, doc="transformer blocks")
     heads: int = knob(ge=1, le=128, doc="attention heads")
+    mlp_ratio: float = knob(gt=0.0, le=16.0, doc="SwiGLU hidden size as a multiple of the width (2/3 of it, as usual)")
     dropout: float = knob(ge=0.0, le=0.5, doc="dropout (seed: modest)")
     drop_path: float = knob(ge=0.0, le=0.5, doc="stochastic depth rate")
+    qk_norm: bool = knob(doc="RMS-normalize queries and keys (stabilizes attention logits)")
+    attention: Literal["block_causal", "sparse", "factorized"] = knob(
+        doc="block_causal (VAR): all earlier stages; sparse (InfinityStar): own stage + previous clip's largest scale; "
+            "factorized: spatial within a frame + causal temporal"
+    )
+    positions: Literal["rope", "learned"] = knob(doc="spacetime RoPE (scale, frame, row, column) or learned absolute + level")
+    conditioning: Conditioning = knob()
+    loss: USAMLoss = knob()
+    sampling: SamplingConfig = knob()
 
     def check(self) -> list[str]:
+        out = []
         if self.width % self.heads:
-            return [f"model.width = {self.width} is not divisible by model.heads = {self.heads}"]
-        return []
+            out.append(f"model.width = {self.width} is not divisible by model.heads = {self.heads}")
+        elif self.positions == "rope" and (self.width // self.heads) % 8:
+            out.append(f"model.positions = 'rope' splits each head's {self.width // self.heads} dims over 4 axes: "
+                       "use a head dim (width / heads) divisible by 8, or positions=learned")
+        return out
 
 
 @dataclass(frozen=True)

@@ -53,3 +53,23 @@ def save_gif(frames: list[np.ndarray], path: Path, fps: float = 4.0) -> Path:
     images = [Image.fromarray(f) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return Path(path)
+
+
+def save_mp4(frames: list[np.ndarray], path: Path, fps: float = 4.0) -> Path:
+    """H.264 when the bundled FFmpeg has it, else MPEG-4 Part 2; sides padded to even for yuv420p."""
+    import av
+
+    h, w = frames[0].shape[:2]
+    ph, pw = h + h % 2, w + w % 2
+    with av.open(str(path), mode="w") as container:
+        codecs = [c for c in ("libx264", "mpeg4") if c in av.codecs_available]
+        stream = container.add_stream(codecs[0], rate=max(1, round(fps)))
+        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
+        for f in frames:
+            padded = np.zeros((ph, pw, 3), np.uint8)
+            padded[:h, :w] = f
+            for packet in stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)

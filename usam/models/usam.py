@@ -19,7 +19,7 @@ and adaptive norms modulated by the condition and the stage (clip/scale) index.
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -186,6 +186,17 @@ class Block(nn.Module):
         return x + drop_path(self.drop((1 + gate2) * h), self.drop_rate, self.training)
 
 
+@dataclass
+class Condition:
+    """A batch's condition, ready for the blocks: the vector for the adaptive norms, the cross-attention
+    memory (text and context tokens) with its mask, and the context latent for the clip inputs' skip path."""
+
+    c: torch.Tensor
+    memory: torch.Tensor | None
+    memory_mask: torch.Tensor | None
+    context: torch.Tensor | None
+
+
 class TextEncoder(nn.Module):
     """A small learned text encoder over word ids (0 = padding): embeddings + transformer layers."""
 
@@ -211,17 +222,20 @@ class TextEncoder(nn.Module):
 class USAM(nn.Module):
     """The spacetime autoregressive transformer over a fixed :class:`ScaleSchedule`.
 
-    Conditions (any combination; 0 turns one off): ``num_classes`` class labels,
+    Conditions (any combination; 0 / False turns one off): ``num_classes`` class labels,
     ``num_actions`` action cues, ``text_vocab`` word ids through a learned text encoder
-    (cross-attention + pooled into the adaptive norms). Index ``num_classes`` / ``num_actions``
-    and an all-padding text are the null condition of classifier-free guidance.
+    (cross-attention + pooled into the adaptive norms), and ``context`` frames: the first
+    frame's continuous latent (B, d, 1, h, w), reaching every token through cross-attention and
+    every clip stage's input through a skip connection (its tokens are forced when sampling).
+    Index ``num_classes`` / ``num_actions``, an all-padding text and an all-zero context are the
+    null condition of classifier-free guidance.
     """
 
     def __init__(self, bits: int, scales, latent_frames: int, clip_frames: int | None = None, width: int = 128,
                  depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0, drop_path: float = 0.0,
                  attention: str = "block_causal", positions: str = "rope", qk_norm: bool = True, num_classes: int = 0,
-                 num_actions: int = 0, text_vocab: int = 0, text_len: int = 16, cond_dropout: float = 0.1,
-                 grad_checkpointing: bool = False):
+                 num_actions: int = 0, text_vocab: int = 0, text_len: int = 16, context: bool = False,
+                 cond_dropout: float = 0.1, grad_checkpointing: bool = False):
         super().__init__()
         self.schedule = ScaleSchedule.build(scales, latent_frames, clip_frames)
         self.bits, self.width, self.attention_mode, self.positions = bits, width, attention, positions
@@ -252,9 +266,14 @@ class USAM(nn.Module):
         self.class_embed = nn.Embedding(num_classes + 1, width) if num_classes else None
         self.action_embed = nn.Embedding(num_actions + 1, width) if num_actions else None
         self.text = TextEncoder(text_vocab, width, heads, max_len=text_len) if text_vocab else None
+        self.context_memory = nn.Linear(bits, width) if context else None
+        self.context_skip = nn.Linear(bits, width) if context else None
+        if context:
+            nn.init.zeros_(self.context_skip.weight)
+            nn.init.zeros_(self.context_skip.bias)
+        cross = self.text is not None or context
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio, qk_norm, dropout, r, cross=self.text is not None) for r in rates)
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, qk_norm, dropout, r, cross=cross) for r in rates)
         self.head_norm = RMSNorm(width, affine=False)
         self.head_ada = nn.Linear(width, 2 * width)
         nn.init.zeros_(self.head_ada.weight)
@@ -271,6 +290,9 @@ class USAM(nn.Module):
             cond["action"] = torch.full((batch,), self.num_actions, dtype=torch.long, device=device)
         if self.text is not None:
             cond["text"] = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        if self.context_memory is not None:
+            grid = self.schedule.grid
+            cond["context"] = torch.zeros(batch, self.bits, 1, grid, grid, device=device)
         return cond
 
     def drop_condition(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -283,13 +305,14 @@ class USAM(nn.Module):
         null = self.null_condition(batch, device)
         out = {}
         for key, value in cond.items():
-            if key == "text":
-                out[key] = torch.where(drop[:, None], torch.zeros_like(value), value)
+            if key in ("text", "context"):
+                keep = ~drop.view(-1, *([1] * (value.ndim - 1)))
+                out[key] = value * keep
             else:
                 out[key] = torch.where(drop, null[key], value)
         return out
 
-    def _condition(self, cond: dict[str, torch.Tensor], batch: int, device):
+    def _condition(self, cond: dict[str, torch.Tensor], batch: int, device) -> "Condition":
         c = torch.zeros(batch, self.width, device=device)
         memory = memory_mask = None
         if self.class_embed is not None:
@@ -299,18 +322,30 @@ class USAM(nn.Module):
         if self.text is not None:
             memory, memory_mask, pooled = self.text(cond["text"])
             c = c + pooled
-        return c, memory, memory_mask
+        if self.context_memory is not None:
+            ctx = cond["context"]  # (B, d, 1, h, w); all zeros is "no context"
+            tokens = ctx.flatten(2).transpose(1, 2).to(self.context_memory.weight.dtype)
+            given = ctx.flatten(1).abs().amax(1) > 0
+            ctx_memory = self.context_memory(tokens)
+            ctx_mask = given[:, None].expand(-1, tokens.shape[1])
+            memory = ctx_memory if memory is None else torch.cat([memory, ctx_memory], dim=1)
+            memory_mask = ctx_mask if memory_mask is None else torch.cat([memory_mask, ctx_mask], dim=1)
+            return Condition(c, memory, memory_mask, ctx)
+        return Condition(c, memory, memory_mask, None)
 
     # ---- the stream ----------------------------------------------------------------------------------------------
 
-    def _embed(self, stage_inputs: list[torch.Tensor | None], stages: range, batch: int, c: torch.Tensor) -> torch.Tensor:
+    def _embed(self, stage_inputs: list[torch.Tensor | None], stages: range, batch: int, cond: "Condition") -> torch.Tensor:
         parts = []
         for i in stages:
             st, inp = self.schedule.stages[i], stage_inputs[i - stages.start]
             if inp is None:  # a segment's first scale: its start token plus the condition
-                tok = (self.start[0 if st.segment == 0 else 1] + c)[:, None, :].expand(batch, st.tokens, self.width)
+                tok = (self.start[0 if st.segment == 0 else 1] + cond.c)[:, None, :].expand(batch, st.tokens, self.width)
             else:
                 tok = self.in_proj(inp.permute(0, 2, 3, 4, 1).reshape(batch, st.tokens, self.bits).to(self.in_proj.weight.dtype))
+            if self.context_skip is not None and st.segment > 0:  # the given frame, at this stage's grid, every frame
+                ctx = F.adaptive_avg_pool3d(cond.context.float(), (1, st.side, st.side)).expand(-1, -1, st.frames, -1, -1)
+                tok = tok + self.context_skip(ctx.permute(0, 2, 3, 4, 1).reshape(batch, st.tokens, self.bits).to(tok.dtype))
             parts.append(tok)
         x = torch.cat(parts, dim=1)
         lo, hi = self.bounds[stages.start], self.bounds[stages.stop]
@@ -318,9 +353,10 @@ class USAM(nn.Module):
             x = x + self.pos[:, lo:hi] + self.level(self.rope_positions[lo:hi, 0].long())[None]
         return x
 
-    def _run(self, x, c, lo: int, hi: int, memory, memory_mask, caches=None) -> torch.Tensor:
+    def _run(self, x, cond: "Condition", lo: int, hi: int, caches=None) -> torch.Tensor:
         """Blocks over tokens lo..hi (all earlier tokens are in ``caches`` when sampling)."""
-        tok_cond = F.silu(c[:, None, :] + self.stage_embed(self.stage_of_token[lo:hi])[None])
+        memory, memory_mask = cond.memory, cond.memory_mask
+        tok_cond = F.silu(cond.c[:, None, :] + self.stage_embed(self.stage_of_token[lo:hi])[None])
         key_lo = 0 if caches is not None else lo
         mask = self.mask[lo:hi, key_lo:hi]
         rope = self.rope.angles(self.rope_positions[lo:hi]) if self.rope is not None else None
@@ -343,14 +379,14 @@ class USAM(nn.Module):
         cond = self.drop_condition(cond or {})
         if cond:
             batch = next(iter(cond.values())).shape[0]
-        c, memory, memory_mask = self._condition(cond or self.null_condition(batch, device), batch, device)
-        x = self._embed(stage_inputs, range(len(self.schedule.stages)), batch, c)
-        return self._run(x, c, 0, self.bounds[-1], memory, memory_mask)
+        state = self._condition(cond or self.null_condition(batch, device), batch, device)
+        x = self._embed(stage_inputs, range(len(self.schedule.stages)), batch, state)
+        return self._run(x, state, 0, self.bounds[-1])
 
-    def stage_logits(self, i: int, stage_input, c, memory, memory_mask, caches) -> torch.Tensor:
+    def stage_logits(self, i: int, stage_input, state: "Condition", caches) -> torch.Tensor:
         """One stage's logits given every earlier stage's keys/values in ``caches`` (one dict per block)."""
-        x = self._embed([stage_input], range(i, i + 1), c.shape[0], c)
-        return self._run(x, c, self.bounds[i], self.bounds[i + 1], memory, memory_mask, caches)
+        x = self._embed([stage_input], range(i, i + 1), state.c.shape[0], state)
+        return self._run(x, state, self.bounds[i], self.bounds[i + 1], caches)
 
     def split(self, logits_or_bits: torch.Tensor) -> list[torch.Tensor]:
         """Stream-ordered (B, L, d[, 2]) -> per-stage (B, d, frames, side, side[, 2]) chunks."""
@@ -397,14 +433,18 @@ class USAM(nn.Module):
             full = {}
             for k in cond:
                 u, v = cond[k], null[k]
-                if k == "text" and v.shape[1] != u.shape[1]:
+                if k == "text":
                     v = torch.zeros_like(u)
                 full[k] = torch.cat([u, v])
             cond = full
         rows = 2 * batch if guided else batch
-        c, memory, memory_mask = self._condition(cond or self.null_condition(rows, device), rows, device)
+        state = self._condition(cond or self.null_condition(rows, device), rows, device)
         scales = self.guidance(cfg, cfg_ramp)
-        temps = temperature if isinstance(temperature, (list, tuple)) else [temperature] * len(self.schedule.scales)
+        temps = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature]
+        if len(temps) == 1:
+            temps = temps * len(self.schedule.scales)
+        if len(temps) != len(self.schedule.scales):
+            raise ValueError(f"{len(temps)} temperatures for {len(self.schedule.scales)} scales: give one, or one per scale")
         caches = [dict() for _ in self.blocks] if use_cache else None
         inputs, out, acc = [], [], None
         grid = self.schedule.grid
@@ -414,10 +454,10 @@ class USAM(nn.Module):
             inp = None if st.scale == 0 else quantizer.down(acc, st.side)
             inputs.append(None if inp is None else (torch.cat([inp, inp]) if guided else inp))
             if use_cache:
-                logits = self.stage_logits(i, inputs[-1], c, memory, memory_mask, caches)
+                logits = self.stage_logits(i, inputs[-1], state, caches)
             else:
-                x = self._embed(inputs, range(0, i + 1), rows, c)
-                logits = self._run(x, c, 0, self.bounds[i + 1], memory, memory_mask)[:, self.bounds[i]:]
+                x = self._embed(inputs, range(0, i + 1), rows, state)
+                logits = self._run(x, state, 0, self.bounds[i + 1])[:, self.bounds[i]:]
             if guided:
                 cond_l, uncond_l = logits.chunk(2)
                 logits = uncond_l + scales[i] * (cond_l - uncond_l)

@@ -129,7 +129,11 @@ def make_task(name: str, cfg: Config, data_root: Path, root: Path | None = None)
         from usam.train.tokenizer_task import TokenizerTask
 
         return TokenizerTask(cfg, data_dir, Path(root) if root else find_project_root())
+    if name == "usam":
+        from usam.train.usam_task import USAMTask
+
+        return USAMTask(cfg, data_dir, Path(root) if root else find_project_root())
     raise KeyError(name)
 
 
-TASKS = ("evaluator_frame", "evaluator_clip", "tokenizer")
+TASKS = ("evaluator_frame", "evaluator_clip", "tokenizer", "usam")

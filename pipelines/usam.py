@@ -1,0 +1,73 @@
+"""DVC stage `usam`: train the USAM transformer of one dataset on its tokenizer's token stream.
+
+Writes models/usam/<name>/usam.pt, a sample grid per class (models/usam/<name>/samples/:
+PNG, GIF, MP4) and metrics/usam/<name>.json: teacher-forced val loss and bit accuracy, the
+share of samples the frame evaluator assigns to the class they were generated for (with
+chance level), weights sha256, parameters, training time, MLflow run id.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import torch
+
+from pipelines import dataset_stage, record_weights
+from usam.data.atomic import atomic_dir
+from usam.errors import main_guard
+from usam.eval.sampling import Sampler, classify_frames
+from usam.models import parameter_count
+from usam.paths import resolve
+from usam.track import client_for
+from usam.train import fit, with_dataset
+from usam.train.tasks import make_task
+from usam.train.usam_task import write_grid
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> None:
+    name, root, cfg = dataset_stage(__doc__, argv)
+    cfg = with_dataset(cfg, name)
+    task = make_task("usam", cfg, resolve(cfg.data.root, root), root)
+    task.check_data()
+    out = root / "models" / "usam" / name
+    client = client_for(cfg, root)
+    with atomic_dir(out) as tmp:
+        result = fit(cfg, "usam", root=root, out_dir=tmp / ".fit", run_name=f"usam/{name}")
+        shutil.move(result.weights_path, tmp / "usam.pt")
+        shutil.rmtree(tmp / ".fit")
+        sampler = Sampler.load(tmp / "usam.pt", result.weights_sha256, root)
+        cond, names = task.grid_conditions(cfg.model.sampling.per_class, torch.device("cpu"))
+        num = len(names) * cfg.model.sampling.per_class
+        videos = sampler.sample(cond or sampler.model.null_condition(num, torch.device("cpu")), num,
+                                cfg.model.sampling, cfg.seed)
+        files = write_grid(videos, tmp / "samples", "samples", mp4=True)
+        for f in files:
+            client.log_artifact(result.run_id, str(f), "samples")
+        scores = {"val_loss": result.metrics.get("val_loss"), "val_bit_acc": result.metrics.get("val_bit_acc")}
+        if "class" in cond:
+            frame, sha = task_frame_evaluator(root, name)
+            predicted = classify_frames(videos, frame, sha, sampler.meta["normalize"])
+            scores["sample_class_acc"] = float((predicted == cond["class"]).float().mean())
+            scores["chance"] = 1.0 / len(names)
+            client.log_metric(result.run_id, "samples/class_acc", scores["sample_class_acc"])
+    record_weights(client, result.run_id, out / "usam.pt", root)
+    report = {**scores, "weights_sha256": result.weights_sha256, "parameters": parameter_count(sampler.model),
+              "train_seconds": round(result.train_seconds, 1), "mlflow_run_id": result.run_id}
+    metrics = root / "metrics" / "usam" / f"{name}.json"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    acc = f", samples classified as their class {scores['sample_class_acc']:.0%} (chance {scores['chance']:.0%})" \
+        if "sample_class_acc" in scores else ""
+    print(f"usam/{name}: val bit accuracy {scores['val_bit_acc']:.3f}{acc}")
+
+
+def task_frame_evaluator(root, name):
+    """The frame evaluator the `evaluators` stage saved, with its sha256 from that stage's metrics."""
+    report = json.loads((root / "metrics" / "evaluators" / f"{name}.json").read_text())
+    return root / "models" / "evaluators" / name / "frame.pt", report["frame"]["weights_sha256"]
+
+
+if __name__ == "__main__":
+    main()

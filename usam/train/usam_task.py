@@ -1,0 +1,330 @@
+"""USAM as a training task: a frozen tokenizer feeds the transformer its token stream.
+
+Each batch is encoded by the tokenizer saved by the ``tokenizer`` stage (frozen, no
+gradient), quantized with bitwise self-correction (a random share of each stage's bits
+flipped, later targets recomputed from the corrupted history), and the transformer learns
+the per-bit cross-entropy, averaged per stage and weighted by a capped power of the stage's
+token count. Validation is teacher-forced (no corruption); the pictures are sample grids.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from usam.config.schema import Config, ModelConfig, TrainConfig
+from usam.data import VideoDataset
+from usam.errors import DataError, UsamError
+from usam.eval.panels import save_gif, save_mp4, save_png, side_by_side_frames, strip_grid
+from usam.models.tokenizer import latent_frames
+from usam.models.usam import USAM
+from usam.train.tasks import SHAPE_KINDS
+
+UNKNOWN_WORD = 1  # word id 0 pads, 1 stands for any word not seen in the training captions
+TEXT_LEN = 16
+
+
+def words(caption: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", caption.lower())
+
+
+def build_vocabulary(captions: list[str]) -> dict[str, int]:
+    """Word -> id from the training captions (ids from 2: 0 pads, 1 is an unknown word)."""
+    return {w: i + 2 for i, w in enumerate(sorted({w for c in captions for w in words(c)}))}
+
+
+def encode_text(caption: str, vocab: dict[str, int], length: int = TEXT_LEN) -> torch.Tensor:
+    """Word ids, padded or cut to ``length``; unknown words map to ``UNKNOWN_WORD`` (handled, never an error)."""
+    ids = [vocab.get(w, UNKNOWN_WORD) for w in words(caption)][:length]
+    return torch.tensor(ids + [0] * (length - len(ids)), dtype=torch.long)
+
+
+class ConditionedVideos(torch.utils.data.Dataset):
+    """A split plus the conditions USAM is trained with: class, action cue and caption ids per video."""
+
+    def __init__(self, base: VideoDataset, classes: np.ndarray | None, actions: np.ndarray | None,
+                 texts: torch.Tensor | None):
+        self.base, self.classes, self.actions, self.texts = base, classes, actions, texts
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.base[i]
+        if self.classes is not None:
+            item["class"] = torch.tensor(int(self.classes[i]))
+        if self.actions is not None:
+            item["action"] = torch.tensor(int(self.actions[i]))
+        if self.texts is not None:
+            item["text"] = self.texts[i]
+        return item
+
+
+@dataclass
+class USAMTask:
+    cfg: Config
+    data_dir: Path
+    root: Path
+    name: str = "usam"
+    _tokenizer: nn.Module | None = field(default=None, repr=False)
+    _tokenizer_meta: dict | None = field(default=None, repr=False)
+    _vocab: dict | None = field(default=None, repr=False)
+
+    @property
+    def mcfg(self) -> ModelConfig:
+        return self.cfg.model
+
+    @property
+    def train_cfg(self) -> TrainConfig:
+        return self.cfg.train
+
+    # ---- the tokenizer ---------------------------------------------------------------------------------------
+
+    def tokenizer_path(self) -> tuple[Path, str | None]:
+        name = self.cfg.data.name
+        report = self.root / "metrics" / "tokenizer" / f"{name}.json"
+        try:
+            sha = json.loads(report.read_text())["weights_sha256"]
+        except (OSError, ValueError, KeyError):
+            sha = None
+        return self.root / "models" / "tokenizer" / name / "tokenizer.pt", sha
+
+    def tokenizer(self, device: torch.device | None = None) -> nn.Module:
+        from usam.train.tokenizer_task import load_tokenizer
+
+        if self._tokenizer is None:
+            model, meta = load_tokenizer(*self.tokenizer_path())
+            self._tokenizer, self._tokenizer_meta = model.requires_grad_(False).eval(), meta
+        if device is not None:
+            self._tokenizer.to(device)
+        return self._tokenizer
+
+    @property
+    def tokenizer_meta(self) -> dict:
+        self.tokenizer()
+        return self._tokenizer_meta
+
+    # ---- data ------------------------------------------------------------------------------------------------
+
+    def check_data(self) -> None:
+        """Everything a run needs, checked before Ray starts: data, the trained tokenizer, supported conditions."""
+        name = self.cfg.data.name
+        for split in ("train", "val", "test"):
+            if not (self.data_dir / split / "videos.npy").is_file():
+                raise DataError(f"no prepared {split} split for dataset {name!r}", where=str(self.data_dir / split),
+                                fix=f"run `dvc repro preprocess@{name}` (or `usam data build`)")
+        path, _ = self.tokenizer_path()
+        if not path.is_file():
+            raise UsamError("USAM needs the trained tokenizer of its dataset", where=str(path),
+                            fix=f"run `dvc repro tokenizer@{name}` (or `usam train tokenizer data.name={name}`)")
+        meta = self.tokenizer_meta
+        frames = self.cfg.preprocess.augment.clip_frames or self.cfg.data.frames
+        if meta["frames"] != frames or meta["frame_size"] != self.cfg.preprocess.crop_size:
+            raise UsamError(f"the tokenizer was trained on {meta['frames']} frames of {meta['frame_size']}px, "
+                            f"this config feeds {frames} frames of {self.cfg.preprocess.crop_size}px", where=str(path),
+                            fix="retrain the tokenizer with this config (`dvc repro tokenizer`) or restore the config")
+        if self.mcfg.conditioning.action and name != "bouncing_shapes":
+            raise UsamError(f"dataset {name!r} has no action cues", where="model.conditioning.action",
+                            fix="set model.conditioning.action=false, or data.name=bouncing_shapes")
+        scales = len(meta["model_kwargs"]["scales"]) if meta["model_kwargs"]["multiscale"] else 1
+        if len(self.mcfg.sampling.temperature) not in (1, scales):
+            raise UsamError(f"model.sampling.temperature has {len(self.mcfg.sampling.temperature)} values for "
+                            f"{scales} scales", where="model.sampling.temperature",
+                            fix=f"give one value, or one per scale ({scales})")
+        if self.mcfg.conditioning.context_frames and frames < 2:
+            raise UsamError("context frames need videos of at least 2 frames", where="model.conditioning.context_frames",
+                            fix="set model.conditioning.context_frames=false")
+
+    def class_names(self) -> list[str]:
+        if self.cfg.data.name == "bouncing_shapes":
+            return list(SHAPE_KINDS)
+        return VideoDataset(self.data_dir / "train", self.cfg.preprocess, train=False, seed=self.cfg.seed).label_names
+
+    def action_names(self) -> list[str]:
+        return VideoDataset(self.data_dir / "train", self.cfg.preprocess, train=False, seed=self.cfg.seed).label_names
+
+    def vocabulary(self) -> dict[str, int]:
+        if self._vocab is None:
+            base = VideoDataset(self.data_dir / "train", self.cfg.preprocess, train=False, seed=self.cfg.seed)
+            self._vocab = build_vocabulary(base.meta()["captions"])
+        return self._vocab
+
+    def dataset(self, split: str, *, train: bool) -> ConditionedVideos:
+        base = VideoDataset(self.data_dir / split, self.cfg.preprocess, train=train, seed=self.cfg.seed)
+        cond = self.mcfg.conditioning
+        classes = actions = texts = None
+        if cond.class_label:
+            if self.cfg.data.name == "bouncing_shapes":
+                classes = np.array([SHAPE_KINDS.index(it["shapes"][0]["kind"]) for it in base.meta()["items"]])
+            else:
+                classes = base.labels
+        if cond.action:
+            actions = base.labels
+        if cond.text:
+            vocab = self.vocabulary()
+            texts = torch.stack([encode_text(c, vocab) for c in base.meta()["captions"]])
+        return ConditionedVideos(base, classes, actions, texts)
+
+    # ---- model -----------------------------------------------------------------------------------------------
+
+    def model_kwargs(self) -> dict:
+        m, tok = self.mcfg, self.tokenizer_meta["model_kwargs"]
+        scales = tuple(tok["scales"]) if tok["multiscale"] else (tok["scales"][-1],)
+        cond = m.conditioning
+        return dict(
+            bits=tok["bits"], scales=list(scales), latent_frames=latent_frames(self.tokenizer_meta["frames"], tok["temporal_down"]),
+            clip_frames=tok["clip_frames"], width=m.width, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
+            dropout=m.dropout, drop_path=m.drop_path, attention=m.attention, positions=m.positions, qk_norm=m.qk_norm,
+            num_classes=len(self.class_names()) if cond.class_label else 0,
+            num_actions=len(self.action_names()) if cond.action else 0,
+            text_vocab=len(self.vocabulary()) + 2 if cond.text else 0, text_len=TEXT_LEN,
+            context=cond.context_frames, cond_dropout=cond.dropout,
+        )
+
+    def build_model(self) -> USAM:
+        return USAM(**self.model_kwargs(), grad_checkpointing=self.train_cfg.grad_checkpointing)
+
+    def export_meta(self) -> dict:
+        path, sha = self.tokenizer_path()
+        return {"model_kwargs": self.model_kwargs(), "tokenizer": {"path": str(path.relative_to(self.root)), "sha256": sha},
+                "class_names": self.class_names() if self.mcfg.conditioning.class_label else None,
+                "action_names": self.action_names() if self.mcfg.conditioning.action else None,
+                "vocabulary": self.vocabulary() if self.mcfg.conditioning.text else None,
+                "normalize": self.tokenizer_meta["normalize"]}
+
+    # ---- training --------------------------------------------------------------------------------------------
+
+    def conditions(self, batch: dict, device: torch.device, latent: torch.Tensor | None = None) -> dict:
+        cond = {}
+        if "class" in batch:
+            cond["class"] = batch["class"].to(device)
+        if "action" in batch:
+            cond["action"] = batch["action"].to(device)
+        if "text" in batch:
+            cond["text"] = batch["text"].to(device)
+        if self.mcfg.conditioning.context_frames:
+            cond["context"] = latent[:, :, :1].float()
+        return cond
+
+    def stage_weights(self, model: USAM, device) -> torch.Tensor:
+        """Per token: its stage's weight / (the stage's tokens x the weights' sum), so the loss is the weighted
+        mean over stages of each stage's mean bit cross-entropy."""
+        loss = self.mcfg.loss
+        stages = model.schedule.stages
+        w = torch.tensor([min(st.tokens ** loss.scale_weight_power, loss.scale_weight_cap) for st in stages])
+        per_token = torch.cat([torch.full((st.tokens,), float(wi) / st.tokens) for st, wi in zip(stages, w)])
+        return (per_token / w.sum()).to(device)
+
+    def _encode(self, batch: dict, device: torch.device) -> torch.Tensor:
+        tok = self.tokenizer(device)
+        with torch.no_grad():
+            return tok.encoder(batch["video"].to(device).transpose(1, 2)).float()
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device, step: int = 0) -> tuple[torch.Tensor, dict]:
+        bare = getattr(model, "module", model)
+        z = self._encode(batch, device)
+        quantizer = self.tokenizer().quantizer
+        corrupted, targets = quantizer.self_correction(z, self.mcfg.loss.self_correction)
+        inputs = quantizer.next_scale_inputs(corrupted, bare.schedule)
+        logits = model(inputs, self.conditions(batch, device, z))
+        target = (bare.flatten(targets) > 0).long()
+        ce = F.cross_entropy(logits.reshape(-1, 2), target.reshape(-1), reduction="none",
+                             label_smoothing=self.mcfg.loss.label_smoothing).view(target.shape)
+        loss = (ce.mean((0, 2)) * self.stage_weights(bare, device)).sum()
+        acc = (logits.argmax(-1) == target).float().mean()
+        return loss, {"loss": float(loss.detach()), "bit_acc": float(acc)}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+        """Teacher-forced sums over videos: weighted bit cross-entropy and bit accuracy, overall and per segment kind."""
+        model.eval()
+        bare = getattr(model, "module", model)
+        quantizer = self.tokenizer(device).quantizer
+        weights = self.stage_weights(bare, device)
+        image_tokens = bare.bounds[len(bare.schedule.scales)]
+        sums = {"seen": 0.0, "loss_sum": 0.0, "bits_right": 0.0, "bits": 0.0, "image_right": 0.0, "image_bits": 0.0}
+        for batch in loader:
+            z = self._encode(batch, device)
+            q = quantizer(z)
+            logits = bare(quantizer.next_scale_inputs(q.codes, q.schedule), self.conditions(batch, device, z))
+            target = (bare.flatten(q.codes) > 0).long()
+            ce = F.cross_entropy(logits.reshape(-1, 2), target.reshape(-1), reduction="none").view(target.shape)
+            right = (logits.argmax(-1) == target).float()
+            sums["seen"] += z.shape[0]
+            sums["loss_sum"] += float((ce.mean(2) * weights).sum())
+            sums["bits_right"] += float(right.sum())
+            sums["bits"] += right.numel()
+            sums["image_right"] += float(right[:, :image_tokens].sum())
+            sums["image_bits"] += right[:, :image_tokens].numel()
+        return sums
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        out = {"val_loss": sums["loss_sum"] / max(sums["seen"], 1.0), "val_bit_acc": sums["bits_right"] / max(sums["bits"], 1.0),
+               "val_bit_acc_first_frame": sums["image_right"] / max(sums["image_bits"], 1.0)}
+        clip_bits = sums["bits"] - sums["image_bits"]
+        if clip_bits > 0:
+            out["val_bit_acc_clips"] = (sums["bits_right"] - sums["image_right"]) / clip_bits
+        return out
+
+    # ---- sampling --------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, model: USAM, cond: dict, batch: int, device: torch.device, generator=None,
+               forced=None) -> torch.Tensor:
+        """Sampled videos in [0, 1], (B, 3, T, H, W), with the configured guidance, temperature, top-k/top-p."""
+        from usam.eval.sampling import generate_videos
+
+        return generate_videos(model, self.tokenizer(device), self.tokenizer_meta["normalize"],
+                               self.tokenizer_meta["frames"], cond, batch, self.mcfg.sampling, generator, forced)
+
+    def grid_conditions(self, per: int, device: torch.device) -> tuple[dict, list[str]]:
+        """One row per class (or action cue), ``per`` samples each: the conditions and the row names."""
+        cond = self.mcfg.conditioning
+        if cond.class_label:
+            names = self.class_names()
+            key = "class"
+        elif cond.action:
+            names = self.action_names()
+            key = "action"
+        else:
+            return {}, ["unconditional"]
+        ids = torch.arange(len(names), device=device).repeat_interleave(per)
+        return {key: ids}, names
+
+    @torch.no_grad()
+    def visuals(self, model: nn.Module, dataset, device: torch.device, folder: Path) -> list[Path]:
+        """A sample grid (one row per class, PNG of frame strips and an animated GIF)."""
+        bare = getattr(model, "module", model)
+        if self.mcfg.conditioning.text or self.mcfg.conditioning.context_frames:
+            return []  # the grid is per class; text and context samples come from `usam sample`
+        per = 2
+        cond, names = self.grid_conditions(per, device)
+        rows = len(names) * per
+        generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
+        videos = self.sample(bare, cond, rows, device, generator)
+        return write_grid(videos, folder, "samples")
+
+
+def write_grid(videos: torch.Tensor, folder: Path, stem: str, mp4: bool = False) -> list[Path]:
+    """Videos (B, 3, T, H, W) in [0, 1] as a PNG of frame strips, and a GIF (and MP4) grid with
+    ``per_row`` videos side by side."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = [v.transpose(0, 1) for v in videos]
+    per_row = min(4, len(frames))
+    columns = [frames[i::per_row] for i in range(per_row)]
+    columns = [c + [torch.zeros_like(frames[0])] * (len(columns[0]) - len(c)) for c in columns]
+    animation = side_by_side_frames(columns)
+    files = [save_png(strip_grid(frames), folder / f"{stem}.png"), save_gif(animation, folder / f"{stem}.gif")]
+    if mp4:
+        files.append(save_mp4(animation, folder / f"{stem}.mp4"))
+    return files
