@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
             scores["chance"] = 1.0 / len(names)
             client.log_metric(result.run_id, "samples/class_acc", scores["sample_class_acc"])
     record_weights(client, result.run_id, out / "usam.pt", root)
+    flops = sampler.model.flops_per_sample(sampler.tokenizer.quantizer)
+    client.log_metric(result.run_id, "model/flops_per_sample", flops)
     report = {**scores, "weights_sha256": result.weights_sha256, "parameters": parameter_count(sampler.model),
+              "flops_per_sample": flops,
               "train_seconds": round(result.train_seconds, 1), "mlflow_run_id": result.run_id}
     metrics = root / "metrics" / "usam" / f"{name}.json"
     metrics.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,13 @@ TINY = [
     "tokenizer.train.epochs=1",
     "tokenizer.train.max_steps=2",
     "tokenizer.eval.panel_videos=2",
+    "model.width=32",
+    "model.depth=1",
+    "model.heads=2",
+    "model.sampling.per_class=1",
+    "train.batch_size=4",
+    "train.epochs=1",
+    "train.max_steps=2",
 ]
 
 

@@ -60,7 +60,7 @@ def test_overrides_change_values_and_the_hash():
         ("preprocess.crop_size=64", ["preprocess.crop_size = 64", "crop must fit"]),
         ("data.moving_digits.speed=[3,1]", ["data.moving_digits.speed", "min <= max"]),
         ("data.name=video_folder", ["data.video_folder.root is null", "data.build"]),
-        ("model.heads=3", ["model.width = 128", "not divisible"]),
+        ("model.heads=5", ["model.width = 96", "not divisible"]),
     ],
 )
 def test_bad_overrides_name_the_key_the_value_and_what_is_allowed(override, expected):

@@ -149,5 +149,21 @@ def test_the_evaluators_stage_trains_through_the_harness_and_reports_metrics(bui
     assert record.data.metrics["test/psnr"] == pytest.approx(report["test"]["psnr"])
     lock = yaml.safe_load((built / "dvc.lock").read_text())["stages"]["tokenizer@moving_digits"]
     assert "models/evaluators/moving_digits" in {d["path"] for d in lock["deps"]}
-    run(["dvc", "repro", "tokenizer"], cwd=built)
+
+    # USAM trains on that tokenizer's stream, samples a grid per class, and `usam sample` uses the run
+    run(["dvc", "repro", "usam@moving_digits"], cwd=built)
+    report = json.loads((built / "metrics" / "usam" / "moving_digits.json").read_text())
+    assert sha256_file(built / "models" / "usam" / "moving_digits" / "usam.pt") == report["weights_sha256"]
+    assert report["chance"] == pytest.approx(0.1) and 0 <= report["sample_class_acc"] <= 1
+    assert report["flops_per_sample"] > 0 and 0 < report["val_bit_acc"] <= 1
+    samples = built / "models" / "usam" / "moving_digits" / "samples"
+    assert sorted(p.name for p in samples.iterdir()) == ["samples.gif", "samples.mp4", "samples.png"]
+    record = client_for(compose(TINY), built).get_run(report["mlflow_run_id"])
+    assert record.data.tags["checkpoint.path"] == "models/usam/moving_digits/usam.pt"
+    proc = run(["usam", "sample", "latest", "--class", "3", "--num", "2", "--seed", "1", *TINY], cwd=built)
+    written = [Path(line.strip()) for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert sorted(p.name for p in written) == ["samples.gif", "samples.mp4", "samples.png"] and all(p.is_file() for p in written)
+    bad = run(["usam", "sample", "latest", "--class", "eleven", *TINY], cwd=built, check=False)
+    assert bad.returncode == 2 and "unknown class 'eleven'" in bad.stderr and "Traceback" not in bad.stderr
+    run(["dvc", "repro", "tokenizer", "usam"], cwd=built)
     assert "Data and pipelines are up to date." in run(["dvc", "repro"], cwd=built).stdout

@@ -330,10 +330,20 @@ def test_a_tiny_run_learns_to_reconstruct_digits_not_just_the_background(digits:
 # ---- bad input ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides, message", [
-    (["tokenizer.quantizer.scales=[1,4,2,8]"], "not strictly increasing"),
     (["tokenizer.quantizer.scales=[1,2,4]"], "must equal the latent grid 8"),
     (["tokenizer.quantizer.clip_frames=3"], "cannot be split into clips of 3"),
+    (["data.frames=10", "tokenizer.quantizer.clip_frames=4"], "5 later latent frame.s. cannot be split into clips of 4"),
     (["preprocess.resize=30", "preprocess.crop_size=30"], "not divisible by tokenizer.arch.spatial_down"),
+])
+def test_a_schedule_that_cannot_tile_the_frames_fails_before_training(overrides, message, tmp_path):
+    task = make_task("tokenizer", compose(overrides), tmp_path / "data", tmp_path)
+    with pytest.raises(ConfigError, match=message) as err:
+        task.check_data()  # before looking for any data
+    assert "tokenizer.arch" in str(err.value) and "fix:" in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["tokenizer.quantizer.scales=[1,4,2,8]"], "not strictly increasing"),
     (["tokenizer.arch.temporal_fusion=off"], "temporal_down=1"),
     (["tokenizer.loss.perceptual.backend=lpips"], "needs eval.lpips_weights"),
     (["eval.lpips_weights=/x/alexnet.pth"], "lpips_sha256 is null"),

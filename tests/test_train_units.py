@@ -138,5 +138,11 @@ def test_usam_train_without_data_or_with_a_bad_config_is_one_clear_error(project
     too_few = run(["usam", "train", "evaluator_frame", "evaluator.train.batch_size=8"], cwd=project, check=False)
     assert too_few.returncode == 2 and "the train split has 6 videos: too few" in too_few.stderr
     assert not (project / "outputs").exists()  # refused before Ray started
-    unknown = run(["usam", "train", "tokenizer"], cwd=project, check=False)
-    assert unknown.returncode == 2 and "invalid choice: 'tokenizer'" in unknown.stderr
+    unknown = run(["usam", "train", "diffusion_xl"], cwd=project, check=False)
+    assert unknown.returncode == 2 and "invalid choice: 'diffusion_xl'" in unknown.stderr
+    no_judge = run(["usam", "train", "tokenizer"], cwd=project, check=False)
+    assert no_judge.returncode == 2 and "needs the frame evaluator" in no_judge.stderr
+    assert "dvc repro evaluators@moving_digits" in no_judge.stderr
+    no_tokenizer = run(["usam", "train", "usam"], cwd=project, check=False)
+    assert no_tokenizer.returncode == 2 and "dvc repro tokenizer@moving_digits" in no_tokenizer.stderr
+    assert not (project / "outputs").exists()

@@ -410,24 +410,9 @@ class Config:
         return self._check_tokenizer()
 
     def _check_tokenizer(self) -> list[str]:
-        """The frames the tokenizer sees must tile its scale schedule exactly."""
-        from usam.models.bsq import check_schedule
-        from usam.models.tokenizer import latent_frames
-
-        arch, q = self.tokenizer.arch, self.tokenizer.quantizer
-        side, frames = self.preprocess.crop_size, self.preprocess.augment.clip_frames or self.data.frames
+        """Settings that contradict each other whatever the data (the schedule is checked against the
+        frames by the tokenizer task, before training)."""
         out = []
-        if side % arch.spatial_down:
-            out.append(f"preprocess.crop_size = {side} is not divisible by tokenizer.arch.spatial_down = "
-                       f"{arch.spatial_down}: pick a crop size that is a multiple of it")
-            return out
-        grid = side // arch.spatial_down
-        later = latent_frames(frames, arch.temporal_down) - 1
-        clip = later if q.clip_frames is None else q.clip_frames
-        for problem in check_schedule(tuple(q.scales), grid, later, clip):
-            out.append(f"tokenizer.quantizer: {problem} ({frames} frames of {side}x{side} with spatial_down "
-                       f"{arch.spatial_down}, temporal_down {arch.temporal_down}): set tokenizer.quantizer.scales "
-                       f"to end at {grid} and tokenizer.quantizer.clip_frames to a divisor of {later} (or null)")
         if self.tokenizer.loss.perceptual.backend == "lpips" and self.tokenizer.loss.perceptual.weight > 0 \
                 and not self.eval.lpips_weights:
             out.append("tokenizer.loss.perceptual.backend = 'lpips' needs eval.lpips_weights: point it at a local "

@@ -27,4 +27,4 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from usam.models import evaluators, tokenizer  # noqa: E402,F401  (registers the models)
+from usam.models import evaluators, raster_ar, tokenizer, usam  # noqa: E402,F401  (registers the models)

@@ -388,6 +388,19 @@ class USAM(nn.Module):
         x = self._embed([stage_input], range(i, i + 1), state.c.shape[0], state)
         return self._run(x, state, self.bounds[i], self.bounds[i + 1], caches)
 
+    def flops_per_sample(self, quantizer) -> int:
+        """FLOPs of one sample's whole stream in one pass (what the cached stages of a sampling run add up to)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        grid, device = self.schedule.grid, self.start.device
+        codes = quantizer(torch.zeros(1, self.bits, self.schedule.latent_frames, grid, grid, device=device)).codes
+        was_training = self.training
+        self.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            self(quantizer.next_scale_inputs(codes, self.schedule), self.null_condition(1, device))
+        self.train(was_training)
+        return int(counter.get_total_flops())
+
     def split(self, logits_or_bits: torch.Tensor) -> list[torch.Tensor]:
         """Stream-ordered (B, L, d[, 2]) -> per-stage (B, d, frames, side, side[, 2]) chunks."""
         out = []

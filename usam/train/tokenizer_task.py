@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from usam.config.schema import Config, TokenizerConfig, TrainConfig
 from usam.data import VideoDataset
-from usam.errors import DataError, UsamError
+from usam.errors import ConfigError, DataError, UsamError
 from usam.eval import video_metrics as vm
 from usam.eval.panels import save_gif, save_png, side_by_side_frames, strip_grid
 from usam.models.tokenizer import PatchGAN3d, SpacetimeTokenizer
@@ -66,7 +66,13 @@ class TokenizerTask:
     # ---- data and model -------------------------------------------------------------------------------------
 
     def check_data(self) -> None:
-        """Everything a run needs on disk, checked before Ray starts."""
+        """Everything a run needs, checked before Ray starts: a schedule that tiles the frames, the data,
+        the perceptual network's weights."""
+        problems = schedule_problems(self.cfg)
+        if problems:
+            raise ConfigError("the tokenizer's scale schedule does not fit the frames it gets:\n  - " + "\n  - ".join(problems),
+                              where="tokenizer.arch / tokenizer.quantizer vs data.frames / preprocess.crop_size",
+                              fix="change the scales or clip_frames as suggested, or the frame count / crop size")
         for split in ("train", "val", "test"):
             if not (self.data_dir / split / "videos.npy").is_file():
                 raise DataError(f"no prepared {split} split for dataset {self.cfg.data.name!r}",
@@ -312,6 +318,24 @@ class TokenizerTask:
                           folder / "reconstruction.gif"),
                  save_png(strip_grid([frames(p[0]) for p in prefixes] + [frames(target[0])]), folder / "coarse_to_fine.png")]
         return files
+
+
+def schedule_problems(cfg: Config) -> list[str]:
+    """Why the tokenizer's scale schedule cannot tile the frames this config feeds it (empty when it can)."""
+    from usam.models.bsq import check_schedule
+    from usam.models.tokenizer import latent_frames
+
+    arch, q = cfg.tokenizer.arch, cfg.tokenizer.quantizer
+    side, frames = cfg.preprocess.crop_size, cfg.preprocess.augment.clip_frames or cfg.data.frames
+    where = f"{frames} frames of {side}x{side}, spatial_down {arch.spatial_down}, temporal_down {arch.temporal_down}"
+    if side % arch.spatial_down:
+        return [f"preprocess.crop_size = {side} is not divisible by tokenizer.arch.spatial_down = {arch.spatial_down}: "
+                "pick a crop size that is a multiple of it"]
+    grid = side // arch.spatial_down
+    later = latent_frames(frames, arch.temporal_down) - 1
+    clip = later if q.clip_frames is None else q.clip_frames
+    return [f"{problem} ({where}): set tokenizer.quantizer.scales to end at {grid} and tokenizer.quantizer.clip_frames "
+            f"to a divisor of {later} (or null)" for problem in check_schedule(tuple(q.scales), grid, later, clip)]
 
 
 def hinge_critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
