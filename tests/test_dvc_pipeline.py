@@ -160,10 +160,10 @@ def test_the_evaluators_stage_trains_through_the_harness_and_reports_metrics(bui
     assert sorted(p.name for p in samples.iterdir()) == ["samples.gif", "samples.mp4", "samples.png"]
     record = client_for(compose(TINY), built).get_run(report["mlflow_run_id"])
     assert record.data.tags["checkpoint.path"] == "models/usam/moving_digits/usam.pt"
-    proc = run(["usam", "sample", "latest", "--class", "3", "--num", "2", "--seed", "1", *TINY], cwd=built)
+    proc = run(["usam", "sample", "latest", "--class", "3", "--num", "2", "--seed", "1"], cwd=built)
     written = [Path(line.strip()) for line in proc.stdout.splitlines() if line.startswith("  ")]
     assert sorted(p.name for p in written) == ["samples.gif", "samples.mp4", "samples.png"] and all(p.is_file() for p in written)
-    bad = run(["usam", "sample", "latest", "--class", "eleven", *TINY], cwd=built, check=False)
+    bad = run(["usam", "sample", "latest", "--class", "eleven"], cwd=built, check=False)
     assert bad.returncode == 2 and "unknown class 'eleven'" in bad.stderr and "Traceback" not in bad.stderr
     run(["dvc", "repro", "tokenizer", "usam"], cwd=built)
     assert "Data and pipelines are up to date." in run(["dvc", "repro"], cwd=built).stdout
