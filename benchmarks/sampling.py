@@ -2,7 +2,7 @@
 """Sampling speed on this machine: next-scale (USAM) vs raster order, KV cache vs recompute, MFU.
 
 Builds the default USAM transformer (``model`` in params.yaml; the token stream of the
-default tokenizer: 425 tokens of 16 bits for an 8-frame 32x32 clip) and a raster-order
+default tokenizer: 105 tokens of 16 bits for an 8-frame 32x32 clip) and a raster-order
 autoregressive model with the same blocks, width, depth and bitwise head over the same
 tokens (``usam.models.raster_ar``). Weights are random: speed does not depend on them.
 Measures, side by side in one run, the median wall-clock of generating a batch:

@@ -84,7 +84,7 @@ def test_card_contents(tmp_path):
     g = digits["generator"]
     assert g["moving_digits"] == {
         "digits_per_video": 1,
-        "digit_size": 12,
+        "digit_size": 20,
         "speed": [1.0, 3.0],
         "source_split": {"train": 0.7, "val": 0.1, "test": 0.2},
     }

@@ -128,7 +128,7 @@ def test_the_sampler_refuses_unknown_names_and_forces_context_frames(project: Pa
         sampler.conditions(2, text="digit 3")
     video = task.dataset("test", train=False)[0]["video"].transpose(0, 1)
     cond, forced, _ = sampler.conditions(2, klass="3", context=video)
-    assert cond["class"].tolist() == [3, 3] and cond["context"].shape == (2, 8, 1, 8, 8)
+    assert cond["class"].tolist() == [3, 3] and cond["context"].shape == (2, 8, 1, 4, 4)
     bits = sampler.model.generate(sampler.tokenizer.quantizer, cond, 2, forced=forced, top_k=1)
     given, _ = sampler.tokenizer.encode(video[None])
     for i in range(len(sampler.model.schedule.scales)):
