@@ -18,6 +18,14 @@ def dataset_stage(doc: str, argv: list[str] | None = None) -> tuple[str, Path, C
     return name, root, load_params(root / "params.yaml")
 
 
+def evaluator_weights(root: Path, name: str, kind: str) -> tuple[Path, str]:
+    """The ``kind`` (frame or clip) evaluator of dataset ``name`` and its recorded sha256."""
+    import json
+
+    report = json.loads((root / "metrics" / "evaluators" / f"{name}.json").read_text())
+    return root / "models" / "evaluators" / name / f"{kind}.pt", report[kind]["weights_sha256"]
+
+
 def record_weights(client, run_id: str, path: Path, root: Path) -> None:
     """Point the run's ``checkpoint.path`` tag at where the stage keeps the weights (project-relative)."""
     path = Path(path).resolve()

@@ -13,7 +13,7 @@ import shutil
 
 import torch
 
-from pipelines import dataset_stage, record_weights
+from pipelines import dataset_stage, evaluator_weights, record_weights
 from usam.data.atomic import atomic_dir
 from usam.errors import main_guard
 from usam.eval.sampling import Sampler, classify_frames
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             client.log_artifact(result.run_id, str(f), "samples")
         scores = {"val_loss": result.metrics.get("val_loss"), "val_bit_acc": result.metrics.get("val_bit_acc")}
         if "class" in cond:
-            frame, sha = task_frame_evaluator(root, name)
+            frame, sha = evaluator_weights(root, name, "frame")
             predicted = classify_frames(videos, frame, sha, sampler.meta["normalize"])
             scores["sample_class_acc"] = float((predicted == cond["class"]).float().mean())
             scores["chance"] = 1.0 / len(names)
@@ -64,12 +64,6 @@ def main(argv: list[str] | None = None) -> None:
     acc = f", samples classified as their class {scores['sample_class_acc']:.0%} (chance {scores['chance']:.0%})" \
         if "sample_class_acc" in scores else ""
     print(f"usam/{name}: val bit accuracy {scores['val_bit_acc']:.3f}{acc}")
-
-
-def task_frame_evaluator(root, name):
-    """The frame evaluator the `evaluators` stage saved, with its sha256 from that stage's metrics."""
-    report = json.loads((root / "metrics" / "evaluators" / f"{name}.json").read_text())
-    return root / "models" / "evaluators" / name / "frame.pt", report["frame"]["weights_sha256"]
 
 
 if __name__ == "__main__":

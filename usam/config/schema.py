@@ -176,6 +176,67 @@ class SamplingConfig:
     per_class: int = knob(ge=1, le=256, doc="videos sampled per class for the sample grids")
 
 
+BaselineName = Literal["raster_ar", "maskgit", "gan", "diffusion"]
+
+
+@dataclass(frozen=True)
+class TransformerSize:
+    width: int = knob(ge=16, le=8192, doc="transformer width")
+    depth: int = knob(ge=1, le=128, doc="transformer blocks")
+    heads: int = knob(ge=1, le=128, doc="attention heads")
+
+    def check(self) -> list[str]:
+        return [f"{{path}}.width = {self.width} is not divisible by {{path}}.heads = {self.heads}"] if self.width % self.heads else []
+
+
+@dataclass(frozen=True)
+class RasterARBaseline:
+    size: TransformerSize = knob()
+    temperature: float = knob(ge=0.0, le=10.0, doc="sampling temperature per bit")
+
+
+@dataclass(frozen=True)
+class MaskGITBaseline:
+    size: TransformerSize = knob()
+    steps: int = knob(ge=1, le=1024, doc="parallel decoding steps (cosine masking schedule)")
+    temperature: float = knob(ge=0.0, le=10.0, doc="sampling temperature per bit")
+    cfg: float = knob(ge=0.0, le=50.0, doc="classifier-free guidance scale (1: off)")
+
+
+@dataclass(frozen=True)
+class GANBaseline:
+    noise_dim: int = knob(ge=1, le=4096, doc="generator noise size")
+    channels: int = knob(ge=4, le=1024, doc="generator channels at full resolution")
+    critic_channels: int = knob(ge=4, le=1024, doc="critic channels at its first layer")
+    lr: Optional[float] = knob(gt=0.0, le=1.0, doc="learning rate of both players; null: train.lr")
+
+
+@dataclass(frozen=True)
+class DiffusionBaseline:
+    size: TransformerSize = knob()
+    timesteps: int = knob(ge=10, le=10000, doc="DDPM training timesteps (linear beta schedule)")
+    sample_steps: int = knob(ge=1, le=10000, doc="DDIM sampling steps")
+    eta: float = knob(ge=0.0, le=1.0, doc="DDIM eta: 0 deterministic, 1 DDPM-like")
+    cfg: float = knob(ge=0.0, le=50.0, doc="classifier-free guidance scale (1: off)")
+
+    def check(self) -> list[str]:
+        if self.sample_steps > self.timesteps:
+            return [f"{{path}}.sample_steps = {self.sample_steps} > {{path}}.timesteps = {self.timesteps}"]
+        return []
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """The comparison's baselines: trained like USAM (``train``: same recipe, data and seed), class-conditional."""
+
+    models: list[BaselineName] = knob(doc="baselines the pipeline trains and evaluates")
+    datasets: list[DatasetName] = knob(doc="datasets the baselines train on (a subset of data.build)")
+    raster_ar: RasterARBaseline = knob()
+    maskgit: MaskGITBaseline = knob()
+    gan: GANBaseline = knob()
+    diffusion: DiffusionBaseline = knob()
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: Literal["usam"] = knob(doc="registered model to train")
@@ -250,16 +311,19 @@ class EvalConfig:
     batch_size: int = knob(ge=1, le=65536, doc="evaluation batch size")
     num_samples: int = knob(ge=1, doc="generated videos per evaluation")
     inception_weights: Optional[str] = knob(doc="local Inception-v3 weights for standard FID/IS (never downloaded)")
+    inception_sha256: Optional[str] = knob(doc="sha256 of eval.inception_weights, checked before use")
     lpips_weights: Optional[str] = knob(
         doc="local torchvision AlexNet state dict, the LPIPS backbone (never downloaded); null: the domain perceptual distance"
     )
     lpips_sha256: Optional[str] = knob(doc="sha256 of eval.lpips_weights, checked before use (`sha256sum FILE`)")
 
     def check(self) -> list[str]:
-        if self.lpips_weights and not self.lpips_sha256:
-            return ["{path}.lpips_weights is set but {path}.lpips_sha256 is null: set it to the file's sha256 "
-                    "(`sha256sum FILE`) so a wrong or damaged file is refused"]
-        return []
+        out = []
+        for name in ("lpips", "inception"):
+            if getattr(self, f"{name}_weights") and not getattr(self, f"{name}_sha256"):
+                out.append(f"{{path}}.{name}_weights is set but {{path}}.{name}_sha256 is null: set it to the file's "
+                           "sha256 (`sha256sum FILE`) so a wrong or damaged file is refused")
+        return out
 
 
 @dataclass(frozen=True)
@@ -402,8 +466,13 @@ class Config:
     ray: RayConfig = knob()
     evaluator: EvaluatorConfig = knob()
     tokenizer: TokenizerConfig = knob()
+    baselines: BaselinesConfig = knob()
 
     def check(self) -> list[str]:
+        missing = sorted(set(self.baselines.datasets) - set(self.data.build))
+        if missing:
+            return [f"baselines.datasets names {missing}, which data.build does not generate: add them to data.build "
+                    "or drop them from baselines.datasets"]
         clip = self.preprocess.augment.clip_frames
         if clip is not None and clip > self.data.frames:
             return [f"preprocess.augment.clip_frames = {clip} > data.frames = {self.data.frames}: a clip must fit"]

@@ -18,25 +18,11 @@ import torch
 import torch.nn as nn
 
 from usam.errors import UsamError
+from usam.eval.judges import load_evaluator, verified_state
 from usam.models.evaluators import FrameClassifier
 
 LPIPS_LABEL = "lpips_alex"
 DOMAIN_LABEL = "domain_perceptual"
-
-
-def _verified_state(path: Path, sha256: str | None, what: str, fix: str) -> dict:
-    from usam.track.provenance import sha256_file
-
-    if not path.is_file():
-        raise UsamError(f"{what} not found", where=str(path), fix=fix)
-    actual = sha256_file(path)
-    if sha256 and actual != sha256:
-        raise UsamError(f"{what} has sha256 {actual[:12]}..., expected {sha256[:12]}...", where=str(path),
-                        fix="restore the right file or update the recorded sha256")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise UsamError(f"cannot read {what}: {type(exc).__name__}", where=str(path), fix=fix) from None
 
 
 class LpipsDistance(nn.Module):
@@ -50,7 +36,7 @@ class LpipsDistance(nn.Module):
         from torchvision.models import alexnet
 
         fix = "point eval.lpips_weights at torchvision's alexnet state dict (e.g. alexnet-owt-7be5be79.pth)"
-        state = _verified_state(Path(weights), sha256, "LPIPS backbone weights", fix)
+        state = verified_state(Path(weights), sha256, "LPIPS backbone weights", fix)
         backbone = alexnet(weights=None)
         try:
             backbone.load_state_dict(state, strict=True)  # every key and shape, unlike lpips' strict=False
@@ -106,11 +92,5 @@ class DomainDistance(nn.Module):
 
 def load_domain_distance(weights: Path, sha256: str | None, stats: dict) -> DomainDistance:
     """The frame evaluator saved by the ``evaluators`` stage, as a perceptual distance."""
-    fix = f"run `dvc repro evaluators` (or `usam train evaluator_frame`) to create {weights.name}"
-    state = _verified_state(Path(weights), sha256, "frame evaluator weights", fix)
-    model = state["model"]
-    width = model["stem.0.weight"].shape[0]
-    stages = len({k.split(".")[1] for k in model if k.startswith("blocks.")})
-    classifier = FrameClassifier(num_classes=model["head.weight"].shape[0], width=width, stages=stages)
-    classifier.load_state_dict(model)
+    classifier, _ = load_evaluator("frame", weights, sha256)
     return DomainDistance(classifier, stats["mean"], stats["std"])

@@ -107,14 +107,9 @@ class Sampler:
 @torch.no_grad()
 def classify_frames(videos: torch.Tensor, weights: Path, sha256: str | None, normalize: dict) -> torch.Tensor:
     """The frame evaluator's class per video (B, 3, T, H, W in [0, 1]): the argmax of its frame logits' mean."""
-    from usam.models.evaluators import FrameClassifier
-    from usam.train.trainer import load_weights
+    from usam.eval.judges import load_evaluator
 
-    state = load_weights(weights, sha256)["model"]
-    width, stages = state["stem.0.weight"].shape[0], len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    net = FrameClassifier(num_classes=state["head.weight"].shape[0], width=width, stages=stages)
-    net.load_state_dict(state)
-    net.eval()
+    net, _ = load_evaluator("frame", weights, sha256)
     b, c, t, h, w = videos.shape
     mean = torch.tensor(normalize["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(normalize["std"]).view(1, -1, 1, 1)

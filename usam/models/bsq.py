@@ -67,6 +67,23 @@ class ScaleSchedule:
     def stages(self) -> list[Stage]:
         return [Stage(seg, k, t0, n, side) for seg, (t0, n) in enumerate(self.segments) for k, side in enumerate(self.scales)]
 
+    @property
+    def tokens(self) -> int:
+        return sum(st.tokens for st in self.stages)
+
+    def flatten(self, per_stage: list[torch.Tensor]) -> torch.Tensor:
+        """Per-stage (B, d, frames, side, side) -> stream-ordered (B, L, d)."""
+        return torch.cat([t.movedim(1, -1).reshape(t.shape[0], -1, t.shape[1]) for t in per_stage], dim=1)
+
+    def split(self, stream: torch.Tensor) -> list[torch.Tensor]:
+        """Stream-ordered (B, L, d[, 2]) -> per-stage (B, d, frames, side, side[, 2]) chunks."""
+        out, lo = [], 0
+        for st in self.stages:
+            chunk = stream[:, lo:lo + st.tokens]
+            out.append(chunk.reshape((chunk.shape[0], st.frames, st.side, st.side) + tuple(chunk.shape[2:])).movedim(4, 1))
+            lo += st.tokens
+        return out
+
 
 def check_schedule(scales: tuple[int, ...], grid: int, later_frames: int, clip_frames: int) -> list[str]:
     """Why a schedule cannot tile a latent video (empty when it can)."""

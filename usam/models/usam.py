@@ -403,16 +403,11 @@ class USAM(nn.Module):
 
     def split(self, logits_or_bits: torch.Tensor) -> list[torch.Tensor]:
         """Stream-ordered (B, L, d[, 2]) -> per-stage (B, d, frames, side, side[, 2]) chunks."""
-        out = []
-        for st, lo, hi in zip(self.schedule.stages, self.bounds, self.bounds[1:]):
-            chunk = logits_or_bits[:, lo:hi]
-            shape = (chunk.shape[0], st.frames, st.side, st.side) + tuple(chunk.shape[2:])
-            out.append(chunk.reshape(shape).movedim(4, 1))
-        return out
+        return self.schedule.split(logits_or_bits)
 
     def flatten(self, per_stage: list[torch.Tensor]) -> torch.Tensor:
         """Per-stage (B, d, frames, side, side) -> stream-ordered (B, L, d)."""
-        return torch.cat([t.movedim(1, -1).reshape(t.shape[0], -1, t.shape[1]) for t in per_stage], dim=1)
+        return self.schedule.flatten(per_stage)
 
     # ---- sampling ------------------------------------------------------------------------------------------------
 

@@ -133,7 +133,12 @@ def make_task(name: str, cfg: Config, data_root: Path, root: Path | None = None)
         from usam.train.usam_task import USAMTask
 
         return USAMTask(cfg, data_dir, Path(root) if root else find_project_root())
+    if name in BASELINES:
+        from usam.train.baseline_tasks import BASELINE_TASKS
+
+        return BASELINE_TASKS[name](cfg, data_dir, Path(root) if root else find_project_root())
     raise KeyError(name)
 
 
-TASKS = ("evaluator_frame", "evaluator_clip", "tokenizer", "usam")
+BASELINES = ("raster_ar", "maskgit", "gan", "diffusion")
+TASKS = ("evaluator_frame", "evaluator_clip", "tokenizer", "usam", *BASELINES)

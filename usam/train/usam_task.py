@@ -5,13 +5,16 @@ gradient), quantized with bitwise self-correction (a random share of each stage'
 flipped, later targets recomputed from the corrupted history), and the transformer learns
 the per-bit cross-entropy, averaged per stage and weighted by a capped power of the stage's
 token count. Validation is teacher-forced (no corruption); the pictures are sample grids.
+
+``StreamTask`` holds what USAM shares with the baselines (``usam.train.baseline_tasks``):
+the frozen tokenizer, the conditioned datasets, sample grids and the exported metadata.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from usam.config.schema import Config, ModelConfig, TrainConfig
+from usam.config.schema import Conditioning, Config, ModelConfig, TrainConfig
 from usam.data import VideoDataset
 from usam.errors import DataError, UsamError
 from usam.eval.panels import save_gif, save_mp4, save_png, side_by_side_frames, strip_grid
@@ -71,18 +74,26 @@ class ConditionedVideos(torch.utils.data.Dataset):
 
 
 @dataclass
-class USAMTask:
+class StreamTask:
+    """What every generator trained on a dataset's videos shares: the frozen tokenizer of the dataset (when
+    the model works on its tokens or latents), the conditions, sample grids and the exported metadata."""
+
     cfg: Config
     data_dir: Path
     root: Path
-    name: str = "usam"
+    name: str = "stream"
     _tokenizer: nn.Module | None = field(default=None, repr=False)
     _tokenizer_meta: dict | None = field(default=None, repr=False)
     _vocab: dict | None = field(default=None, repr=False)
 
     @property
-    def mcfg(self) -> ModelConfig:
-        return self.cfg.model
+    def conditioning(self) -> Conditioning:
+        """Which conditions the model takes (the baselines: the class label only)."""
+        return replace(self.cfg.model.conditioning, class_label=True, action=False, text=False, context_frames=False)
+
+    @property
+    def per_class(self) -> int:
+        return self.cfg.model.sampling.per_class
 
     @property
     def train_cfg(self) -> TrainConfig:
@@ -125,25 +136,22 @@ class USAMTask:
                                 fix=f"run `dvc repro preprocess@{name}` (or `usam data build`)")
         path, _ = self.tokenizer_path()
         if not path.is_file():
-            raise UsamError("USAM needs the trained tokenizer of its dataset", where=str(path),
+            raise UsamError(f"{self.name} needs the trained tokenizer of its dataset", where=str(path),
                             fix=f"run `dvc repro tokenizer@{name}` (or `usam train tokenizer data.name={name}`)")
         meta = self.tokenizer_meta
-        frames = self.cfg.preprocess.augment.clip_frames or self.cfg.data.frames
+        frames = self.frames
         if meta["frames"] != frames or meta["frame_size"] != self.cfg.preprocess.crop_size:
             raise UsamError(f"the tokenizer was trained on {meta['frames']} frames of {meta['frame_size']}px, "
                             f"this config feeds {frames} frames of {self.cfg.preprocess.crop_size}px", where=str(path),
                             fix="retrain the tokenizer with this config (`dvc repro tokenizer`) or restore the config")
-        if self.mcfg.conditioning.action and name != "bouncing_shapes":
-            raise UsamError(f"dataset {name!r} has no action cues", where="model.conditioning.action",
-                            fix="set model.conditioning.action=false, or data.name=bouncing_shapes")
-        scales = len(meta["model_kwargs"]["scales"]) if meta["model_kwargs"]["multiscale"] else 1
-        if len(self.mcfg.sampling.temperature) not in (1, scales):
-            raise UsamError(f"model.sampling.temperature has {len(self.mcfg.sampling.temperature)} values for "
-                            f"{scales} scales", where="model.sampling.temperature",
-                            fix=f"give one value, or one per scale ({scales})")
-        if self.mcfg.conditioning.context_frames and frames < 2:
-            raise UsamError("context frames need videos of at least 2 frames", where="model.conditioning.context_frames",
-                            fix="set model.conditioning.context_frames=false")
+
+    @property
+    def frames(self) -> int:
+        return self.cfg.preprocess.augment.clip_frames or self.cfg.data.frames
+
+    @property
+    def normalize(self) -> dict:
+        return self.tokenizer_meta["normalize"]
 
     def class_names(self) -> list[str]:
         if self.cfg.data.name == "bouncing_shapes":
@@ -161,7 +169,7 @@ class USAMTask:
 
     def dataset(self, split: str, *, train: bool) -> ConditionedVideos:
         base = VideoDataset(self.data_dir / split, self.cfg.preprocess, train=train, seed=self.cfg.seed)
-        cond = self.mcfg.conditioning
+        cond = self.conditioning
         classes = actions = texts = None
         if cond.class_label:
             if self.cfg.data.name == "bouncing_shapes":
@@ -175,7 +183,93 @@ class USAMTask:
             texts = torch.stack([encode_text(c, vocab) for c in base.meta()["captions"]])
         return ConditionedVideos(base, classes, actions, texts)
 
-    # ---- model -----------------------------------------------------------------------------------------------
+    def conditions(self, batch: dict, device: torch.device, latent: torch.Tensor | None = None) -> dict:
+        cond = {}
+        if "class" in batch:
+            cond["class"] = batch["class"].to(device)
+        if "action" in batch:
+            cond["action"] = batch["action"].to(device)
+        if "text" in batch:
+            cond["text"] = batch["text"].to(device)
+        if self.conditioning.context_frames:
+            cond["context"] = latent[:, :, :1].float()
+        return cond
+
+    def _encode(self, batch: dict, device: torch.device) -> torch.Tensor:
+        tok = self.tokenizer(device)
+        with torch.no_grad():
+            return tok.encoder(batch["video"].to(device).transpose(1, 2)).float()
+
+    def export_meta(self) -> dict:
+        """Stored with the weights: how to rebuild the model and what its conditions mean."""
+        path, sha = self.tokenizer_path()
+        cond = self.conditioning
+        return {"model_kwargs": self.model_kwargs(),
+                "tokenizer": {"path": str(path.relative_to(self.root)), "sha256": sha},
+                "class_names": self.class_names() if cond.class_label else None,
+                "action_names": self.action_names() if cond.action else None,
+                "vocabulary": self.vocabulary() if cond.text else None,
+                "normalize": self.normalize}
+
+    # ---- sampling --------------------------------------------------------------------------------------------
+
+    def grid_conditions(self, per: int, device: torch.device) -> tuple[dict, list[str]]:
+        """One row per class (or action cue), ``per`` samples each: the conditions and the row names."""
+        cond = self.conditioning
+        if cond.class_label:
+            names = self.class_names()
+            key = "class"
+        elif cond.action:
+            names = self.action_names()
+            key = "action"
+        else:
+            return {}, ["unconditional"]
+        ids = torch.arange(len(names), device=device).repeat_interleave(per)
+        return {key: ids}, names
+
+    @torch.no_grad()
+    def visuals(self, model: nn.Module, dataset, device: torch.device, folder: Path) -> list[Path]:
+        """A sample grid (one row per class, PNG of frame strips and an animated GIF)."""
+        bare = getattr(model, "module", model)
+        if self.conditioning.text or self.conditioning.context_frames:
+            return []  # the grid is per class; text and context samples come from `usam sample`
+        per = self.per_class
+        cond, names = self.grid_conditions(per, device)
+        rows = len(names) * per
+        generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
+        videos = self.sample(bare, cond, rows, device, generator)
+        return write_grid(videos, folder, "samples")
+
+
+@dataclass
+class USAMTask(StreamTask):
+    """USAM on the frozen tokenizer's stream, with the conditions of ``model.conditioning``."""
+
+    name: str = "usam"
+
+    @property
+    def mcfg(self) -> ModelConfig:
+        return self.cfg.model
+
+    @property
+    def conditioning(self) -> Conditioning:
+        return self.mcfg.conditioning
+
+    def check_data(self) -> None:
+        """Everything a run needs, checked before Ray starts: data, the trained tokenizer, supported conditions."""
+        super().check_data()
+        name, meta, frames = self.cfg.data.name, self.tokenizer_meta, self.frames
+        if self.mcfg.conditioning.action and name != "bouncing_shapes":
+            raise UsamError(f"dataset {name!r} has no action cues", where="model.conditioning.action",
+                            fix="set model.conditioning.action=false, or data.name=bouncing_shapes")
+        scales = len(meta["model_kwargs"]["scales"]) if meta["model_kwargs"]["multiscale"] else 1
+        if len(self.mcfg.sampling.temperature) not in (1, scales):
+            raise UsamError(f"model.sampling.temperature has {len(self.mcfg.sampling.temperature)} values for "
+                            f"{scales} scales", where="model.sampling.temperature",
+                            fix=f"give one value, or one per scale ({scales})")
+        if self.mcfg.conditioning.context_frames and frames < 2:
+            raise UsamError("context frames need videos of at least 2 frames", where="model.conditioning.context_frames",
+                            fix="set model.conditioning.context_frames=false")
 
     def model_kwargs(self) -> dict:
         m, tok = self.mcfg, self.tokenizer_meta["model_kwargs"]
@@ -194,27 +288,7 @@ class USAMTask:
     def build_model(self) -> USAM:
         return USAM(**self.model_kwargs(), grad_checkpointing=self.train_cfg.grad_checkpointing)
 
-    def export_meta(self) -> dict:
-        path, sha = self.tokenizer_path()
-        return {"model_kwargs": self.model_kwargs(), "tokenizer": {"path": str(path.relative_to(self.root)), "sha256": sha},
-                "class_names": self.class_names() if self.mcfg.conditioning.class_label else None,
-                "action_names": self.action_names() if self.mcfg.conditioning.action else None,
-                "vocabulary": self.vocabulary() if self.mcfg.conditioning.text else None,
-                "normalize": self.tokenizer_meta["normalize"]}
-
     # ---- training --------------------------------------------------------------------------------------------
-
-    def conditions(self, batch: dict, device: torch.device, latent: torch.Tensor | None = None) -> dict:
-        cond = {}
-        if "class" in batch:
-            cond["class"] = batch["class"].to(device)
-        if "action" in batch:
-            cond["action"] = batch["action"].to(device)
-        if "text" in batch:
-            cond["text"] = batch["text"].to(device)
-        if self.mcfg.conditioning.context_frames:
-            cond["context"] = latent[:, :, :1].float()
-        return cond
 
     def stage_weights(self, model: USAM, device) -> torch.Tensor:
         """Per token: its stage's weight / (the stage's tokens x the weights' sum), so the loss is the weighted
@@ -224,11 +298,6 @@ class USAMTask:
         w = torch.tensor([min(st.tokens ** loss.scale_weight_power, loss.scale_weight_cap) for st in stages])
         per_token = torch.cat([torch.full((st.tokens,), float(wi) / st.tokens) for st, wi in zip(stages, w)])
         return (per_token / w.sum()).to(device)
-
-    def _encode(self, batch: dict, device: torch.device) -> torch.Tensor:
-        tok = self.tokenizer(device)
-        with torch.no_grad():
-            return tok.encoder(batch["video"].to(device).transpose(1, 2)).float()
 
     def loss(self, model: nn.Module, batch: dict, device: torch.device, step: int = 0) -> tuple[torch.Tensor, dict]:
         bare = getattr(model, "module", model)
@@ -276,8 +345,6 @@ class USAMTask:
             out["val_bit_acc_clips"] = (sums["bits_right"] - sums["image_right"]) / clip_bits
         return out
 
-    # ---- sampling --------------------------------------------------------------------------------------------
-
     @torch.no_grad()
     def sample(self, model: USAM, cond: dict, batch: int, device: torch.device, generator=None,
                forced=None) -> torch.Tensor:
@@ -286,33 +353,6 @@ class USAMTask:
 
         return generate_videos(model, self.tokenizer(device), self.tokenizer_meta["normalize"],
                                self.tokenizer_meta["frames"], cond, batch, self.mcfg.sampling, generator, forced)
-
-    def grid_conditions(self, per: int, device: torch.device) -> tuple[dict, list[str]]:
-        """One row per class (or action cue), ``per`` samples each: the conditions and the row names."""
-        cond = self.mcfg.conditioning
-        if cond.class_label:
-            names = self.class_names()
-            key = "class"
-        elif cond.action:
-            names = self.action_names()
-            key = "action"
-        else:
-            return {}, ["unconditional"]
-        ids = torch.arange(len(names), device=device).repeat_interleave(per)
-        return {key: ids}, names
-
-    @torch.no_grad()
-    def visuals(self, model: nn.Module, dataset, device: torch.device, folder: Path) -> list[Path]:
-        """A sample grid (one row per class, PNG of frame strips and an animated GIF)."""
-        bare = getattr(model, "module", model)
-        if self.mcfg.conditioning.text or self.mcfg.conditioning.context_frames:
-            return []  # the grid is per class; text and context samples come from `usam sample`
-        per = 2
-        cond, names = self.grid_conditions(per, device)
-        rows = len(names) * per
-        generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
-        videos = self.sample(bare, cond, rows, device, generator)
-        return write_grid(videos, folder, "samples")
 
 
 def write_grid(videos: torch.Tensor, folder: Path, stem: str, mp4: bool = False) -> list[Path]:

@@ -1,0 +1,217 @@
+"""DVC stage `evaluate`: score one trained generator (USAM or a baseline) on one dataset.
+
+Samples ``eval.num_samples`` videos (classes in turn, the run seed) and measures, against the
+dataset's test split and with its domain evaluators:
+
+* fidelity: FID / IS / KID / precision / recall on frames and FVD / KVD on clips (domain
+  features, labelled ``*_domain``; Inception FID/IS only with a local ``eval.inception_weights``),
+  beside the real-vs-real floor (test vs train);
+* class accuracy of the samples (frame evaluator), diversity (mean pairwise perceptual distance
+  between samples of the same class: ``lpips_alex`` with local weights, else ``domain_perceptual``);
+* temporal coherence: flicker, warping error (Farneback flow, occlusion-masked) and feature
+  consistency, for the samples and the real videos;
+* cost: warm latency per video at batch 1 and batch ``eval.batch_size`` (median of repeats),
+  parameters, FLOPs per sample, training time and peak memory from the training run;
+* transfer: the same samples against the other dataset's test split and evaluators.
+
+Writes metrics/eval/<model>/<name>.json (flat, for `dvc metrics show/diff`), a training-curve
+CSV and a frame strip of samples beside real videos under eval/<model>/<name>/, and logs the
+scores (``eval/...``) to the generator's training run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+
+import numpy as np
+import torch
+
+from pipelines import evaluator_weights
+from usam.config import load_params
+from usam.data.atomic import atomic_dir
+from usam.errors import UsamError, main_guard
+from usam.eval.cost import flops_of, median_latency, training_record
+from usam.eval.fidelity import register_domain_extractor, video_fidelity
+from usam.eval.generators import load_generator
+from usam.eval.judges import load_evaluator
+from usam.eval.panels import save_png, strip_grid
+from usam.eval.sampling import classify_frames
+from usam.eval.temporal import feature_consistency, warping_error
+from usam.eval.video_metrics import flicker
+from usam.paths import find_project_root, resolve
+from usam.track import client_for
+from usam.train import with_dataset
+from usam.train.tasks import BASELINES
+
+MODELS = ("usam", *BASELINES)
+TEMPORAL_VIDEOS = 48  # warping error runs optical flow per frame pair: a subset is enough for a stable mean
+
+
+def real_videos(cfg, root, name: str, split: str, limit: int | None = None) -> torch.Tensor:
+    """A prepared split as (N, 3, T, H, W) uint8."""
+    path = resolve(cfg.data.root, root) / "prepared" / name / split / "videos.npy"
+    if not path.is_file():
+        raise UsamError(f"no prepared {split} split for {name!r}", where=str(path), fix=f"run `dvc repro preprocess@{name}`")
+    videos = np.load(path, mmap_mode="r")
+    videos = videos[:limit] if limit else videos
+    return torch.from_numpy(np.ascontiguousarray(videos)).permute(0, 4, 1, 2, 3)
+
+
+def generator_weights(root, model: str, name: str):
+    """Where the `usam` or `baseline` stage keeps the weights, with the sha256 and run it recorded."""
+    if model == "usam":
+        report, weights = root / "metrics" / "usam" / f"{name}.json", root / "models" / "usam" / name / "usam.pt"
+        stage = f"usam@{name}"
+    else:
+        report = root / "metrics" / "baselines" / model / f"{name}.json"
+        weights = root / "models" / "baselines" / model / name / f"{model}.pt"
+        stage = f"baseline@{model}-{name}"
+    if not report.is_file() or not weights.is_file():
+        raise UsamError(f"{model} has not been trained on {name}", where=str(weights), fix=f"run `dvc repro {stage}`")
+    meta = json.loads(report.read_text())
+    return weights, meta["weights_sha256"], meta.get("mlflow_run_id")
+
+
+def diversity(videos: torch.Tensor, classes: torch.Tensor, distance, per_class: int = 6) -> float:
+    """Mean pairwise perceptual distance between first frames of samples of the same class."""
+    values = []
+    for c in classes.unique():
+        frames = videos[classes == c][:per_class, :, 0].float()
+        for i in range(len(frames)):
+            for j in range(i + 1, len(frames)):
+                values.append(float(distance(frames[i:i + 1], frames[j:j + 1])))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def perceptual(cfg, root, name: str, normalize: dict):
+    from usam.eval.perceptual import LpipsDistance, load_domain_distance
+
+    if cfg.eval.lpips_weights:
+        return LpipsDistance(resolve(cfg.eval.lpips_weights, root), cfg.eval.lpips_sha256)
+    return load_domain_distance(*evaluator_weights(root, name, "frame"), normalize)
+
+
+def temporal_scores(videos: torch.Tensor, frame_net, normalize: dict, prefix: str) -> dict[str, float]:
+    sub = videos[:TEMPORAL_VIDEOS].float() / (255.0 if videos.dtype == torch.uint8 else 1.0)
+    return {f"{prefix}flicker": float(flicker(sub).mean()), f"{prefix}warping_error": float(warping_error(sub).mean()),
+            f"{prefix}feature_consistency": float(feature_consistency(sub, frame_net, normalize).mean())}
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help=f"one of {', '.join(MODELS)}")
+    parser.add_argument("name", help="dataset the model was trained on")
+    args = parser.parse_args(argv)
+    if args.model not in MODELS:
+        raise UsamError(f"unknown model {args.model!r}", where="pipelines.evaluate MODEL", fix=f"use one of {', '.join(MODELS)}")
+    root = find_project_root()
+    cfg = with_dataset(load_params(root / "params.yaml"), args.name)
+    weights, sha, run_id = generator_weights(root, args.model, args.name)
+    gen = load_generator(args.model, cfg, root, weights, sha)
+    torch.set_num_threads(max(1, int(cfg.train.threads_per_worker)))
+    normalize = gen.task.normalize
+    n = cfg.eval.num_samples
+    classes = torch.arange(n) % len(gen.class_names)
+    print(f"evaluate {args.model}/{args.name}: sampling {n} videos")
+    fake = gen.sample(classes, cfg.seed, batch_size=cfg.eval.batch_size)
+    test = real_videos(cfg, root, args.name, "test")
+    train = real_videos(cfg, root, args.name, "train", limit=len(test))
+    kid = min(50, n, len(test))
+
+    frame_w, frame_sha = evaluator_weights(root, args.name, "frame")
+    clip_w, clip_sha = evaluator_weights(root, args.name, "clip")
+    frame_ext = register_domain_extractor("frame", frame_w, frame_sha, normalize)
+    clip_ext = register_domain_extractor("clip", clip_w, clip_sha, normalize)
+    scores = video_fidelity(test, fake, frame_ext, clip_ext, kid_subset=kid)
+    floor = video_fidelity(test, train, frame_ext, clip_ext, kid_subset=kid)
+    scores.update({f"floor/{k}": v for k, v in floor.items() if k.split("_")[0] in ("fid", "fvd", "kid", "is")})
+    if cfg.eval.inception_weights:
+        from usam.eval.fidelity import frames_of, inception_scores
+
+        scores.update(inception_scores(frames_of(test), frames_of(fake), resolve(cfg.eval.inception_weights, root),
+                                       cfg.eval.inception_sha256, kid_subset=kid))
+
+    predicted = classify_frames(fake, frame_w, frame_sha, normalize)
+    scores["class_acc"] = float((predicted == classes).float().mean())
+    scores["chance"] = 1.0 / len(gen.class_names)
+    distance = perceptual(cfg, root, args.name, normalize)
+    scores[f"diversity_{distance.label}"] = diversity(fake, classes, distance)
+    frame_net, _ = load_evaluator("frame", frame_w, frame_sha)
+    scores.update(temporal_scores(fake, frame_net, normalize, ""))
+    scores.update(temporal_scores(test, frame_net, normalize, "real/"))
+
+    one, batch = classes[:1], classes[: cfg.eval.batch_size]
+    scores["latency_s_batch1"] = median_latency(lambda: gen.sample(one, cfg.seed), repeats=5)
+    scores[f"latency_s_per_video_batch{len(batch)}"] = median_latency(lambda: gen.sample(batch, cfg.seed), repeats=3) / len(batch)
+    scores["parameters"] = gen.parameters
+    scores["flops_per_sample"] = flops_of(lambda: gen.sample(one, cfg.seed))
+
+    client = client_for(cfg, root)
+    if run_id:
+        scores.update(training_record(client, run_id))
+    for other in cfg.data.build:
+        if other == args.name or not (root / "metrics" / "evaluators" / f"{other}.json").is_file():
+            continue
+        other_test = real_videos(cfg, root, other, "test")
+        if other_test.shape[1:] != fake.shape[1:]:
+            continue
+        ow, osha = evaluator_weights(root, other, "frame")
+        cw, csha = evaluator_weights(root, other, "clip")
+        o_cfg = with_dataset(cfg, other)
+        from usam.data import VideoDataset
+
+        o_norm = VideoDataset(resolve(o_cfg.data.root, root) / "prepared" / other / "val", o_cfg.preprocess,
+                              train=False, seed=cfg.seed).stats
+        transfer = video_fidelity(other_test, fake, register_domain_extractor("frame", ow, osha, o_norm),
+                                  register_domain_extractor("clip", cw, csha, o_norm), kid_subset=kid)
+        scores.update({f"transfer/{other}/{k}": v for k, v in transfer.items() if k in ("fid_domain", "fvd_domain")})
+
+    out = root / "eval" / args.model / args.name
+    with atomic_dir(out) as tmp:
+        per = 4
+        rows = [v.transpose(0, 1).float() for v in fake[:per]]
+        rows += [v.transpose(0, 1).float() / 255.0 for v in test[:per]]
+        save_png(strip_grid(rows), tmp / "samples_vs_real.png")
+        if run_id:
+            _training_curve(client, run_id, tmp / "training_curve.csv")
+    if run_id:
+        client.log_metrics(run_id, [_metric(f"eval/{k}", v) for k, v in scores.items() if np.isfinite(v)])
+        client.log_artifact(run_id, str(out / "samples_vs_real.png"), "eval")
+    report = {"model": args.model, "dataset": args.name, "seed": cfg.seed, "num_samples": n, "mlflow_run_id": run_id,
+              "weights_sha256": sha, **{k: _round(v) for k, v in scores.items()}}
+    path = root / "metrics" / "eval" / args.model / f"{args.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    print(f"{args.model}/{args.name}: FID-domain {scores['fid_domain']:.2f} (floor {scores['floor/fid_domain']:.2f}), "
+          f"FVD-domain {scores['fvd_domain']:.2f}, class accuracy {scores['class_acc']:.0%}, "
+          f"latency {scores['latency_s_batch1'] * 1000:.0f} ms/video")
+
+
+def _metric(key: str, value: float):
+    import time
+
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), int(time.time() * 1000), 0)
+
+
+def _round(v):
+    return round(float(v), 6) if isinstance(v, float) else v
+
+
+def _training_curve(client, run_id: str, path) -> None:
+    """Per-step training loss (and validation loss where logged) of the run, for `dvc plots`."""
+    loss = {m.step: m.value for m in client.get_metric_history(run_id, "train/loss")}
+    val = {m.step: m.value for m in client.get_metric_history(run_id, "val/loss")}
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "train_loss", "val_loss"])
+        for step in sorted(loss):
+            w.writerow([step, loss[step], val.get(step, "")])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""The evaluation suite: fidelity through torch-fidelity on known distributions, temporal coherence,
+cost measurement, the comparison table, and the refusals on bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from usam.errors import UsamError
+from usam.eval import fidelity as fid_mod
+from usam.eval.cost import flops_of, median_latency
+from usam.eval.fidelity import Uint8Set, check_sets, fidelity, register_domain_extractor
+from usam.eval.temporal import feature_consistency, optical_flow, warping_error
+from usam.eval.video_metrics import flicker
+from usam.models.evaluators import FrameClassifier
+from usam.train.checkpoint import atomic_torch_save
+
+
+def _identity_extractor() -> str:
+    """Features = the raw pixel values (a 3x2x2 image gives 12 features); logits = the same."""
+    from torch_fidelity import FeatureExtractorBase
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    class Identity(FeatureExtractorBase):
+        def __init__(self, name, features_list, **kwargs):
+            super().__init__(name, features_list)
+
+        @staticmethod
+        def get_provided_features_list():
+            return "features", "logits"
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return "logits" if metric == "isc" else "features"
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return None
+
+        def forward(self, x):
+            flat = x.float().flatten(1)
+            return tuple(flat for _ in self.features_list)
+
+    if "test-identity" not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor("test-identity", Identity)
+    return "test-identity"
+
+
+def _gaussian_images(n, mean, cov, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.multivariate_normal(mean, cov, size=n)
+    return torch.from_numpy(np.clip(np.round(x), 0, 255).astype(np.uint8)).view(n, 3, 2, 2)
+
+
+def _frechet(mu1, s1, mu2, s2):
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fid_matches_the_closed_form_frechet_distance_of_known_gaussians():
+    name = _identity_extractor()
+    d = 12
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(d, d))
+    cov1 = 60 * np.eye(d) + 20 * (a @ a.T) / d
+    cov2 = 90 * np.eye(d)
+    mu1, mu2 = np.full(d, 120.0), np.full(d, 128.0)
+    x = _gaussian_images(6000, mu1, cov1, 1)
+    y = _gaussian_images(6000, mu2, cov2, 2)
+    ours = fidelity(y, x, name, label="t", kid_subset=100, isc=False, prc=False)["fid_t"]
+    expected = _frechet(mu1, cov1 + np.eye(d) / 12, mu2, cov2 + np.eye(d) / 12)  # rounding adds 1/12 variance
+    assert ours == pytest.approx(expected, rel=0.08), (ours, expected)
+    from torch_fidelity import calculate_metrics
+
+    direct = calculate_metrics(input1=Uint8Set(x), input2=Uint8Set(y), fid=True, feature_extractor=name, cuda=False,
+                               cache=False, verbose=False, save_cpu_ram=True)["frechet_inception_distance"]
+    assert ours == pytest.approx(direct, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def frame_judge(tmp_path_factory) -> tuple[str, dict]:
+    """A (random-weight) frame evaluator saved like the evaluators stage saves one, registered with torch-fidelity."""
+    torch.manual_seed(0)
+    net = FrameClassifier(num_classes=10, width=8, stages=2)
+    path = tmp_path_factory.mktemp("judge") / "frame.pt"
+    atomic_torch_save({"model": net.state_dict()}, path)
+    normalize = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    return register_domain_extractor("frame", path, None, normalize), {"path": path, "normalize": normalize}
+
+
+def _frames(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.zeros(n, 3, 16, 16)
+    for i in range(n):  # a bright square somewhere on black
+        y, x = torch.randint(0, 10, (2,), generator=g).tolist()
+        base[i, :, y:y + 6, x:x + 6] = 0.5 + 0.5 * torch.rand(1, generator=g)
+    return base
+
+
+def test_identical_sets_score_zero_and_corruption_grows_fid_monotonically(frame_judge):
+    name, _ = frame_judge
+    real = _frames(200, 0)
+    same = fidelity(real, real.clone(), name, label="d", kid_subset=50)
+    assert abs(same["fid_d"]) < 1e-3
+    assert same["precision_d"] == pytest.approx(1.0) and same["recall_d"] == pytest.approx(1.0)
+    g = torch.Generator().manual_seed(1)
+    noise = torch.rand(real.shape, generator=g)
+    scores = [fidelity(real, (real + s * (noise - 0.5)).clamp(0, 1), name, label="d", kid_subset=50)["fid_d"]
+              for s in (0.0, 0.1, 0.3, 0.6, 1.0)]
+    assert all(b > a for a, b in zip(scores, scores[1:])), scores
+    far = fidelity(real, torch.rand(real.shape, generator=g), name, label="d", kid_subset=50)
+    assert far["kid_d"] > 20 * abs(same["kid_d"]) and far["precision_d"] < 0.5  # unbiased KID: ~0 up to subset noise
+
+
+def test_inception_score_of_confident_uniform_classes_is_the_class_count():
+    name = _identity_extractor()
+    classes = 6
+    # logits = the 12 pixel values; make one of the first 6 dominate by a wide margin, classes in turn
+    items = torch.zeros(600, 3, 2, 2, dtype=torch.uint8)
+    flat = items.view(600, -1)
+    for i in range(600):
+        flat[i, i % classes] = 255
+    scores = fidelity(items, items, name, label="t", kid_subset=50, prc=False)
+    assert scores["is_t"] == pytest.approx(classes, rel=0.05)  # splits of 60 are not exactly uniform
+    skewed = items.clone()
+    skewed.view(600, -1)[:, :classes] = 0
+    skewed.view(600, -1)[:, 0] = 255  # every item the same class
+    assert fidelity(items, skewed, name, label="t", kid_subset=50, prc=False)["is_t"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_bad_sets_are_refused_before_any_feature_is_computed():
+    a = torch.zeros(20, 3, 16, 16)
+    with pytest.raises(UsamError, match="real items are .*generated ones"):
+        check_sets(a, torch.zeros(20, 3, 32, 32), kid_subset=10, what="frames")
+    with pytest.raises(UsamError, match="KID subsets of 50 need at least 50") as err:
+        check_sets(a, a, kid_subset=50, what="frames")
+    assert "eval.num_samples" in str(err.value)
+
+
+def test_inception_weights_that_are_missing_are_an_error_not_a_fallback(tmp_path):
+    a = torch.zeros(60, 3, 16, 16)
+    with pytest.raises(UsamError, match="Inception-v3 weights .* not found"):
+        fid_mod.inception_scores(a, a, tmp_path / "pt_inception.pth", None)
+    from usam.config import compose
+    from usam.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="inception_sha256 is null"):
+        compose(["eval.inception_weights=/x/pt_inception.pth"])
+
+
+def test_the_extractor_name_carries_the_weights_hash(tmp_path):
+    torch.manual_seed(1)
+    normalize = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    names = []
+    for i in range(2):
+        net = FrameClassifier(num_classes=3, width=4, stages=1)
+        path = tmp_path / f"f{i}.pt"
+        atomic_torch_save({"model": net.state_dict()}, path)
+        names.append(register_domain_extractor("frame", path, None, normalize))
+    assert names[0] != names[1] and all(n.startswith("usam-domain-frame-") for n in names)
+    with pytest.raises(UsamError, match="frame evaluator, not a clip one"):
+        register_domain_extractor("clip", tmp_path / "f0.pt", None, normalize)
+
+
+# ---- temporal coherence ------------------------------------------------------------------------------------------
+
+def _moving_blob(frames=6, size=32):
+    ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    out = [torch.exp(-((xs - 10 - 2 * t) ** 2 + (ys - 14 - t) ** 2) / 18).expand(3, size, size) for t in range(frames)]
+    return torch.stack(out, 1)[None]
+
+
+def test_optical_flow_recovers_a_known_shift():
+    video = _moving_blob()
+    flow = optical_flow(video[0, :, 0], video[0, :, 1])
+    assert flow[:, 12:17, 10:15].mean((1, 2)).tolist() == pytest.approx([-2.0, -1.0], abs=0.2)
+
+
+def test_flicker_and_warping_error_are_zero_when_still_and_grow_with_injected_flicker():
+    moving = _moving_blob()
+    still = moving[:, :, :1].expand(-1, -1, 6, -1, -1).clone()
+    assert float(warping_error(still)[0]) == 0.0 and float(flicker(still)[0]) == 1.0
+    assert float(warping_error(moving)[0]) < 1e-3, "motion the flow explains is not an error"
+    errors, flickers = [], []
+    for amount in (0.0, 0.2, 0.4, 0.6):
+        v, s = moving.clone(), still.clone()
+        v[:, :, 1::2] *= 1 - amount
+        s[:, :, 1::2] *= 1 - amount
+        errors.append(float(warping_error(v)[0]))
+        flickers.append(float(flicker(s)[0]))
+    assert all(b > a for a, b in zip(errors, errors[1:])), errors
+    assert flickers[0] == 1.0 and all(b < a for a, b in zip(flickers, flickers[1:])), flickers
+
+
+def test_feature_consistency_is_one_for_a_still_video_and_lower_for_a_changing_one(frame_judge):
+    _, info = frame_judge
+    from usam.eval.judges import load_evaluator
+
+    net, _ = load_evaluator("frame", info["path"], None)
+    still = _frames(1, 3)[:, :, None].expand(-1, -1, 5, -1, -1)
+    changing = torch.stack([_frames(1, s)[0] for s in range(5)], 1)[None]
+    assert float(feature_consistency(still, net, info["normalize"])[0]) == pytest.approx(1.0, abs=1e-5)
+    assert float(feature_consistency(changing, net, info["normalize"])[0]) < 0.999
+
+
+# ---- cost ----------------------------------------------------------------------------------------------------------
+
+def test_latency_is_a_positive_median_and_flops_count_a_matmul_exactly():
+    calls = []
+    assert median_latency(lambda: calls.append(sum(range(1000))), repeats=5, warmup=2) > 0
+    assert len(calls) == 7
+    layer = torch.nn.Linear(32, 16, bias=False)
+    x = torch.randn(4, 32)
+    assert flops_of(lambda: layer(x)) == 2 * 4 * 32 * 16
+    with pytest.raises(ValueError):
+        median_latency(lambda: None, repeats=0)
+
+
+# ---- the comparison table -------------------------------------------------------------------------------------------
+
+def test_the_table_averages_seeds_with_their_spread_and_adds_the_real_floor():
+    from pipelines.table import build_table, to_markdown
+
+    base = {"dataset": "moving_digits", "diversity_label": "domain_perceptual", "diversity": 0.2,
+            "latency_per_video": 0.01, "transfer_fid": 50.0, "floor/fid_domain": 1.5, "real/flicker": 0.97}
+    records = [{**base, "model": "usam", "seed": 0, "fid_domain": 10.0, "class_acc": 0.8},
+               {**base, "model": "usam", "seed": 1, "fid_domain": 14.0, "class_acc": 0.9},
+               {**base, "model": "gan", "seed": 0, "fid_domain": 30.0, "class_acc": 0.3}]
+    table = build_table(records)
+    usam = table[table.model == "usam"].iloc[0]
+    assert usam["seeds"] == 2 and usam["fid_domain"] == pytest.approx(12.0)
+    assert usam["fid_domain_std"] == pytest.approx(math.sqrt(8.0))
+    floor = table[table.family == "floor"].iloc[0]
+    assert floor["fid_domain"] == 1.5 and floor["flicker"] == 0.97
+    assert list(table.model) == ["usam", "gan", "real (test vs train)"]
+    md = to_markdown(table)
+    assert "12.00 ± 2.83" in md and "| gan | moving_digits | 1 | 30.00 |" in md
