@@ -35,6 +35,18 @@ TINY = [
     "train.batch_size=4",
     "train.epochs=1",
     "train.max_steps=2",
+    "baselines.raster_ar.size.width=32",
+    "baselines.raster_ar.size.depth=1",
+    "baselines.maskgit.size.width=32",
+    "baselines.maskgit.size.depth=1",
+    "baselines.maskgit.steps=2",
+    "baselines.diffusion.size.width=32",
+    "baselines.diffusion.size.depth=1",
+    "baselines.diffusion.sample_steps=3",
+    "baselines.gan.channels=8",
+    "baselines.gan.critic_channels=8",
+    "eval.num_samples=8",
+    "eval.batch_size=4",
 ]
 
 

@@ -165,5 +165,32 @@ def test_the_evaluators_stage_trains_through_the_harness_and_reports_metrics(bui
     assert sorted(p.name for p in written) == ["samples.gif", "samples.mp4", "samples.png"] and all(p.is_file() for p in written)
     bad = run(["usam", "sample", "latest", "--class", "eleven"], cwd=built, check=False)
     assert bad.returncode == 2 and "unknown class 'eleven'" in bad.stderr and "Traceback" not in bad.stderr
-    run(["dvc", "repro", "tokenizer", "usam"], cwd=built)
+
+    # the baselines train on the same data and recipe; every model is evaluated; the table gathers them
+    proc = run(["dvc", "repro", "table"], cwd=built)
+    for model in ("raster_ar", "maskgit", "gan", "diffusion"):
+        assert f"Running stage 'baseline@{model}-moving_digits'" in proc.stdout
+        report = json.loads((built / "metrics" / "baselines" / model / "moving_digits.json").read_text())
+        weights = built / "models" / "baselines" / model / "moving_digits" / f"{model}.pt"
+        assert sha256_file(weights) == report["weights_sha256"] and 0 <= report["sample_class_acc"] <= 1
+        scores = json.loads((built / "metrics" / "eval" / model / "moving_digits.json").read_text())
+        assert scores["model"] == model and scores["num_samples"] == 8 and scores["weights_sha256"] == report["weights_sha256"]
+        assert np.isfinite(scores["fid_domain"]) and scores["fid_domain"] >= 0 and scores["latency_s_batch1"] > 0
+        assert scores["parameters"] > 0 and scores["flops_per_sample"] > 0 and scores["train_seconds"] > 0
+    for name in DATASETS:
+        scores = json.loads((built / "metrics" / "eval" / "usam" / f"{name}.json").read_text())
+        other = DATASETS[1 - DATASETS.index(name)]
+        assert f"transfer/{other}/fid_domain" in scores and "floor/fid_domain" in scores
+        assert 0.0 <= scores["real/flicker"] <= 1.0 and scores["warping_error"] >= 0
+        record = client_for(compose(TINY), built).get_run(scores["mlflow_run_id"])
+        assert record.data.metrics["eval/fid_domain"] == pytest.approx(scores["fid_domain"], rel=1e-5)
+    table = (built / "reports" / "comparison.md").read_text()
+    for model in ("usam", "raster_ar", "maskgit", "gan", "diffusion", "real (test vs train)"):
+        assert f"| {model} | moving_digits |" in table
+    assert "| usam | bouncing_shapes |" in table and "commit " in table
+    assert (built / "reports" / "comparison.html").read_text().startswith("<!doctype html>")
+    shown = run(["dvc", "metrics", "show", "--json"], cwd=built).stdout
+    assert "fid_domain" in shown and "fvd_domain" in shown
+    plots = run(["dvc", "plots", "show", "--json"], cwd=built).stdout
+    assert "comparison_bars.csv" in plots and "usam_moving_digits.csv" in plots
     assert "Data and pipelines are up to date." in run(["dvc", "repro"], cwd=built).stdout
