@@ -143,3 +143,16 @@ def test_cli_help_explains_itself(tmp_path):
 def test_cross_field_rules(override, expected):
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         compose([override])
+
+
+def test_the_paper_profile_composes_a_consistent_gpu_scale_config(tmp_path):
+    from usam.errors import DataError
+    from usam.train.tasks import make_task
+
+    cfg = compose(["profile=paper"])
+    assert cfg.train.use_gpu and cfg.train.workers == 8 and cfg.model.width == 1024
+    assert cfg.data.frame_size == 64 and cfg.tokenizer.quantizer.scales[-1] == 64 // cfg.tokenizer.arch.spatial_down
+    task = make_task("tokenizer", cfg, tmp_path / "data", tmp_path)
+    with pytest.raises(DataError):  # the schedule tiles the frames: only the (absent) data is missing
+        task.check_data()
+    assert compose([]).model.width < cfg.model.width
