@@ -56,7 +56,7 @@ def real_videos(cfg, root, name: str, split: str, limit: int | None = None) -> t
         raise UsamError(f"no prepared {split} split for {name!r}", where=str(path), fix=f"run `dvc repro preprocess@{name}`")
     videos = np.load(path, mmap_mode="r")
     videos = videos[:limit] if limit else videos
-    return torch.from_numpy(np.ascontiguousarray(videos)).permute(0, 4, 1, 2, 3)
+    return torch.from_numpy(np.array(videos)).permute(0, 4, 1, 2, 3)
 
 
 def generator_weights(root, model: str, name: str):
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         if run_id:
             _training_curve(client, run_id, tmp / "training_curve.csv")
     if run_id:
-        client.log_metrics(run_id, [_metric(f"eval/{k}", v) for k, v in scores.items() if np.isfinite(v)])
+        client.log_batch(run_id, metrics=[_metric(f"eval/{k}", v) for k, v in scores.items() if np.isfinite(v)])
         client.log_artifact(run_id, str(out / "samples_vs_real.png"), "eval")
     report = {"model": args.model, "dataset": args.name, "seed": cfg.seed, "num_samples": n, "mlflow_run_id": run_id,
               "weights_sha256": sha, **{k: _round(v) for k, v in scores.items()}}

@@ -45,18 +45,44 @@ COLUMNS = [  # (metric key, column title, decimals)
 def load_records(root: Path) -> list[dict]:
     records = []
     for path in sorted((root / "metrics" / "eval").glob("*/*.json")):
-        rec = json.loads(path.read_text())
-        rec["diversity"] = next((v for k, v in rec.items() if k.startswith("diversity_")), float("nan"))
-        rec["diversity_label"] = next((k[len("diversity_"):] for k in rec if k.startswith("diversity_")), "")
-        rec["latency_per_video"] = next((v for k, v in rec.items() if k.startswith("latency_s_per_video_batch")), float("nan"))
-        transfer = [v for k, v in rec.items() if k.startswith("transfer/") and k.endswith("/fid_domain")]
-        rec["transfer_fid"] = transfer[0] if transfer else float("nan")
-        if "flops_per_sample" in rec:
-            rec["flops_per_sample"] = rec["flops_per_sample"] / 1e9
-        records.append(rec)
+        records.append(_derived(json.loads(path.read_text())))
     if not records:
         raise UsamError("no evaluation records", where=str(root / "metrics" / "eval"), fix="run `dvc repro evaluate`")
     return records
+
+
+def _derived(rec: dict) -> dict:
+    """The table's composite columns from one evaluation record."""
+    rec["diversity"] = next((v for k, v in rec.items() if k.startswith("diversity_")), float("nan"))
+    rec["diversity_label"] = next((k[len("diversity_"):] for k in rec if k.startswith("diversity_")), "")
+    rec["latency_per_video"] = next((v for k, v in rec.items() if k.startswith("latency_s_per_video_batch")), float("nan"))
+    transfer = [v for k, v in rec.items() if k.startswith("transfer/") and k.endswith("/fid_domain")]
+    rec["transfer_fid"] = transfer[0] if transfer else float("nan")
+    if "flops_per_sample" in rec:
+        rec["flops_per_sample"] = rec["flops_per_sample"] / 1e9
+    return rec
+
+
+def run_records(client, experiment: str, known: list[dict]) -> list[dict]:
+    """Evaluated training runs of other seeds from the tracking store (the latest run per model, dataset and
+    seed), so repeated runs (e.g. `dvc exp run -S seed=1`) give mean +- std without overwriting each other."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    have = {(r["model"], r["dataset"], int(r.get("seed", 0))) for r in known}
+    latest: dict[tuple, object] = {}
+    for run in client.search_runs([exp.experiment_id], "metrics.`eval/fid_domain` >= 0", order_by=["attributes.start_time DESC"]):
+        key = (run.data.tags.get("usam.task"), run.data.params.get("data.name"), int(run.data.params.get("seed", 0)))
+        if None in key or key in have or key in latest:
+            continue
+        latest[key] = run
+    out = []
+    for (model, dataset, seed), run in latest.items():
+        rec = {"model": model, "dataset": dataset, "seed": seed, "mlflow_run_id": run.info.run_id,
+               "weights_sha256": run.data.tags.get("checkpoint.sha256", "")}
+        rec.update({k[len("eval/"):]: v for k, v in run.data.metrics.items() if k.startswith("eval/")})
+        out.append(_derived(rec))
+    return out
 
 
 def reproducibility(client, record: dict) -> str:
@@ -147,7 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     root = find_project_root()
     cfg = load_params(root / "params.yaml")
     client = client_for(cfg, root) if cfg.tracking.enabled else None
-    table = build_table(load_records(root), client)
+    records = load_records(root)
+    if client is not None:
+        records += run_records(client, cfg.tracking.experiment, records)
+    table = build_table(records, client)
     out = root / "reports"
     out.mkdir(exist_ok=True)
     table.to_csv(out / "comparison.csv", index=False)
