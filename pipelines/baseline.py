@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> None:
                         fix=f"use one of {', '.join(BASELINES)}")
     root = find_project_root()
     cfg = with_dataset(load_params(root / "params.yaml"), args.name)
+    if args.name not in cfg.data.build:
+        raise UsamError(f"baselines.datasets names {args.name!r}, which data.build does not generate",
+                        where="params.yaml: baselines.datasets",
+                        fix=f"set baselines.datasets to datasets of data.build ({', '.join(cfg.data.build)})")
     make_task(args.model, cfg, resolve(cfg.data.root, root), root).check_data()
     out = root / "models" / "baselines" / args.model / args.name
     client = client_for(cfg, root)

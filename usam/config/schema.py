@@ -469,10 +469,6 @@ class Config:
     baselines: BaselinesConfig = knob()
 
     def check(self) -> list[str]:
-        missing = sorted(set(self.baselines.datasets) - set(self.data.build))
-        if missing:
-            return [f"baselines.datasets names {missing}, which data.build does not generate: add them to data.build "
-                    "or drop them from baselines.datasets"]
         clip = self.preprocess.augment.clip_frames
         if clip is not None and clip > self.data.frames:
             return [f"preprocess.augment.clip_frames = {clip} > data.frames = {self.data.frames}: a clip must fit"]
