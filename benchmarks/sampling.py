@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,13 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    from usam.eval.cost import median_latency
+
+    return median_latency(fn, repeats=repeats, warmup=1)
 
 
 def matmul_peak(threads: int, n: int = 1024, repeats: int = 5) -> float:

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 
 from usam.config.schema import TrainConfig
 from usam.data import VideoDataset
-from usam.errors import DataError
 from usam.models.baselines import LatentDiffusion, MaskGIT, VideoGAN
 from usam.models.raster_ar import RasterAR
 from usam.models.tokenizer import latent_frames
+from usam.train.tasks import require_splits
 from usam.train.usam_task import StreamTask
 
 
@@ -63,6 +63,12 @@ class _TokenBaseline(StreamTask):
     def build_model(self) -> nn.Module:
         return self.model_class(**self.model_kwargs())
 
+    def model_kwargs(self) -> dict:
+        """A transformer over the stream: bits per token, tokens, the configured size, the classes."""
+        size = self.bcfg.size
+        return dict(bits=self.tokenizer_meta["model_kwargs"]["bits"], tokens=self.schedule().tokens, width=size.width,
+                    depth=size.depth, heads=size.heads, num_classes=len(self.class_names()))
+
     def _bit_loss(self, logits: torch.Tensor, bits: torch.Tensor, where: torch.Tensor | None = None):
         ce = F.cross_entropy(logits.reshape(-1, 2), bits.long().reshape(-1), reduction="none").view(bits.shape).mean(-1)
         right = (logits.argmax(-1) == bits.long()).float().mean(-1)
@@ -94,11 +100,6 @@ class RasterARTask(_TokenBaseline):
     name: str = "raster_ar"
     model_class = RasterAR
 
-    def model_kwargs(self) -> dict:
-        size = self.bcfg.size
-        return dict(bits=self.tokenizer_meta["model_kwargs"]["bits"], tokens=self.schedule().tokens, width=size.width,
-                    depth=size.depth, heads=size.heads, num_classes=len(self.class_names()))
-
     def loss(self, model, batch, device, step: int = 0):
         bits = self.stream_bits(batch, device)
         loss, acc = self._bit_loss(model(bits, self.classes(batch, device)), bits)
@@ -120,10 +121,7 @@ class MaskGITTask(_TokenBaseline):
     model_class = MaskGIT
 
     def model_kwargs(self) -> dict:
-        size = self.bcfg.size
-        return dict(bits=self.tokenizer_meta["model_kwargs"]["bits"], tokens=self.schedule().tokens, width=size.width,
-                    depth=size.depth, heads=size.heads, num_classes=len(self.class_names()),
-                    cond_dropout=self.cfg.model.conditioning.dropout)
+        return {**super().model_kwargs(), "cond_dropout": self.cfg.model.conditioning.dropout}
 
     def _masked(self, bits: torch.Tensor, generator=None) -> torch.Tensor:
         """A cosine-distributed share of each sample's tokens (at least one) is masked."""
@@ -231,11 +229,7 @@ class GANTask(StreamTask):
         return self.cfg.train if lr is None else replace(self.cfg.train, lr=lr)
 
     def check_data(self) -> None:
-        name = self.cfg.data.name
-        for split in ("train", "val", "test"):
-            if not (self.data_dir / split / "videos.npy").is_file():
-                raise DataError(f"no prepared {split} split for dataset {name!r}", where=str(self.data_dir / split),
-                                fix=f"run `dvc repro preprocess@{name}` (or `usam data build`)")
+        require_splits(self.data_dir, self.cfg.data.name)  # pixels only: no tokenizer needed
 
     @property
     def normalize(self) -> dict:

@@ -28,6 +28,14 @@ from usam.paths import find_project_root
 SHAPE_KINDS = ("circle", "square", "triangle")
 
 
+def require_splits(data_dir: Path, name: str) -> None:
+    """A clear error, before any work, when a prepared split of dataset ``name`` is missing."""
+    for split in ("train", "val", "test"):
+        if not (data_dir / split / "videos.npy").is_file():
+            raise DataError(f"no prepared {split} split for dataset {name!r}", where=str(data_dir / split),
+                            fix=f"run `dvc repro preprocess@{name}` (or `usam data build`)")
+
+
 @dataclass
 class EvaluatorTask:
     """A domain evaluator on ``cfg.data.name``: per-frame (``frame``) or per-clip (``clip``) classifier.
@@ -55,13 +63,7 @@ class EvaluatorTask:
 
     def check_data(self) -> None:
         """Fail before any work starts when the prepared data is missing."""
-        for split in ("train", "val", "test"):
-            if not (self.data_dir / split / "videos.npy").is_file():
-                raise DataError(
-                    f"no prepared {split} split for dataset {self.cfg.data.name!r}",
-                    where=str(self.data_dir / split),
-                    fix=f"run `dvc repro preprocess@{self.cfg.data.name}` (or `usam data build`)",
-                )
+        require_splits(self.data_dir, self.cfg.data.name)
 
     def _targets(self, ds: VideoDataset) -> tuple[np.ndarray | None, list[str]]:
         if self.kind == "frame" and self.cfg.data.name == "bouncing_shapes":

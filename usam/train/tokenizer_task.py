@@ -21,11 +21,12 @@ import torch.nn.functional as F
 
 from usam.config.schema import Config, TokenizerConfig, TrainConfig
 from usam.data import VideoDataset
-from usam.errors import ConfigError, DataError, UsamError
+from usam.errors import ConfigError, UsamError
 from usam.eval import video_metrics as vm
 from usam.eval.panels import save_gif, save_png, side_by_side_frames, strip_grid
 from usam.models.tokenizer import PatchGAN3d, SpacetimeTokenizer
 from usam.paths import resolve
+from usam.train.tasks import require_splits
 
 ROLE_RECON, ROLE_DENOISE, ROLE_SR = 0, 1, 2
 
@@ -73,11 +74,7 @@ class TokenizerTask:
             raise ConfigError("the tokenizer's scale schedule does not fit the frames it gets:\n  - " + "\n  - ".join(problems),
                               where="tokenizer.arch / tokenizer.quantizer vs data.frames / preprocess.crop_size",
                               fix="change the scales or clip_frames as suggested, or the frame count / crop size")
-        for split in ("train", "val", "test"):
-            if not (self.data_dir / split / "videos.npy").is_file():
-                raise DataError(f"no prepared {split} split for dataset {self.cfg.data.name!r}",
-                                where=str(self.data_dir / split),
-                                fix=f"run `dvc repro preprocess@{self.cfg.data.name}` (or `usam data build`)")
+        require_splits(self.data_dir, self.cfg.data.name)
         backend = self.perceptual_backend
         if backend == "lpips" and not resolve(self.cfg.eval.lpips_weights, self.root).is_file():
             raise UsamError("LPIPS backbone weights not found", where=f"eval.lpips_weights = {self.cfg.eval.lpips_weights}",

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 
 from usam.config.schema import Conditioning, Config, ModelConfig, TrainConfig
 from usam.data import VideoDataset
-from usam.errors import DataError, UsamError
+from usam.errors import UsamError
 from usam.eval.panels import save_gif, save_mp4, save_png, side_by_side_frames, strip_grid
 from usam.models.tokenizer import latent_frames
 from usam.models.usam import USAM
-from usam.train.tasks import SHAPE_KINDS
+from usam.train.tasks import SHAPE_KINDS, require_splits
 
 UNKNOWN_WORD = 1  # word id 0 pads, 1 stands for any word not seen in the training captions
 TEXT_LEN = 16
@@ -130,10 +130,7 @@ class StreamTask:
     def check_data(self) -> None:
         """Everything a run needs, checked before Ray starts: data, the trained tokenizer, supported conditions."""
         name = self.cfg.data.name
-        for split in ("train", "val", "test"):
-            if not (self.data_dir / split / "videos.npy").is_file():
-                raise DataError(f"no prepared {split} split for dataset {name!r}", where=str(self.data_dir / split),
-                                fix=f"run `dvc repro preprocess@{name}` (or `usam data build`)")
+        require_splits(self.data_dir, name)
         path, _ = self.tokenizer_path()
         if not path.is_file():
             raise UsamError(f"{self.name} needs the trained tokenizer of its dataset", where=str(path),
