@@ -1,0 +1,123 @@
+"""Sweep and ablation specs are validated before anything runs; the ablation statistics on hand-made numbers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from usam.errors import ConfigError
+from usam.tune.spec import grid_size, load_ablation, load_sweep
+from usam.tune.stats import mean_std, verdict, welch
+
+
+@pytest.mark.parametrize("name", ["lr_wd", "smoke"])
+def test_the_shipped_sweeps_are_valid(name):
+    spec = load_sweep(REPO / "sweeps" / f"{name}.yaml")
+    assert spec.trials >= 1 and spec.space
+
+
+def test_the_lr_wd_sweep_covers_the_seed_ranges():
+    spec = load_sweep(REPO / "sweeps" / "lr_wd.yaml")
+    lr, wd, clip = spec.space["train.lr"], spec.space["train.weight_decay"], spec.space["train.grad_clip"]
+    assert (lr.type, lr.low, lr.high) == ("loguniform", 1e-4, 3e-4)
+    assert (wd.low, wd.high) == (1e-3, 1e-2) and (clip.low, clip.high) == (1.0, 5.0)
+    assert "train.warmup_steps" in spec.space and spec.searcher == "optuna" and spec.scheduler.name == "asha"
+
+
+def test_the_shipped_ablations_compose_every_variant_on_every_dataset():
+    components = load_ablation(REPO / "ablations" / "components.yaml")
+    names = {v.name for v in components.variants}
+    assert {"no_temporal_fusion", "single_scale", "sparse_attention", "factorized_attention", "learned_positions",
+            "no_perceptual", "adversarial", "no_temporal_loss", "no_self_correction", "no_residual"} <= names
+    assert all(v.rationale for v in components.variants)
+    assert len(components.grid()) == (1 + len(components.variants)) * 2 * 3
+    assert components.grid()[0][0].name == "reference"
+    datasets = load_ablation(REPO / "ablations" / "datasets.yaml")
+    assert datasets.datasets == ["moving_digits", "bouncing_shapes"] and len(datasets.grid()) == 6
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+BASE = {"task": "usam", "space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 3e-4}}, "trials": 4}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"trails": 3}, "trails: unknown key; did you mean 'trials'"),
+    ({"space": {"train.lr": {"type": "uniform", "low": 3e-4, "high": 1e-4}}}, "empty or inverted"),
+    ({"space": {"train.lr": {"type": "loguniform", "low": 0.0, "high": 1e-4}}}, "must be > 0"),
+    ({"space": {"train.lr": {"type": "uniform", "low": 1e-4}}}, "needs both low and high"),
+    ({"space": {"train.lrr": {"type": "uniform", "low": 1e-4, "high": 1e-3}}}, "(?s)do not compose.*train.lrr"),
+    ({"space": {"train.lr": {"type": "uniform", "low": 2.0, "high": 3.0}}}, "(?s)do not compose.*train.lr = 2.0"),
+    ({"searcher": "bayes"}, "searcher"),
+    ({"searcher": "grid", "trials": 5, "seeds": [0, 1],
+      "space": {"train.lr": {"type": "grid", "values": [1e-4, 2e-4, 3e-4]}}}, "grid has 6 trials .3 points x 2 seeds."),
+    ({"scheduler": {"name": "asha", "grace_period": 5}, "epochs": 3}, "ASHA could never stop"),
+    ({"space": {}}, "space: empty"),
+])
+def test_a_bad_sweep_spec_is_one_clear_error_before_any_trial(tmp_path, change, message):
+    path = _write(tmp_path, {**BASE, **change})
+    with pytest.raises(ConfigError, match=message) as err:
+        load_sweep(path)
+    assert str(path) in str(err.value)
+
+
+def test_grid_size_counts_every_point(tmp_path):
+    spec = load_sweep(_write(tmp_path, {
+        **BASE, "searcher": "grid", "trials": 12,
+        "space": {"train.lr": {"type": "grid", "values": [1e-4, 2e-4, 3e-4]},
+                  "model.attention": {"type": "grid", "values": ["block_causal", "sparse"]},
+                  "train.grad_clip": {"type": "grid", "values": [1, 5]}}}))
+    assert grid_size(spec) == 12
+
+
+def test_a_bad_ablation_variant_is_refused_naming_it(tmp_path):
+    path = _write(tmp_path, {"task": "usam", "reference": [], "datasets": ["moving_digits"],
+                             "variants": {"typo": {"overrides": ["model.atention=sparse"], "rationale": "x"}}})
+    with pytest.raises(ConfigError, match="variant 'typo' on moving_digits does not compose"):
+        load_ablation(path)
+    path = _write(tmp_path, {"variants": {"quiet": {"overrides": []}}, "colour": 1})
+    with pytest.raises(ConfigError, match="colour: unknown key") as err:
+        load_ablation(path)
+    assert "quiet.rationale" in str(err.value)
+
+
+# ---- statistics ---------------------------------------------------------------------------------------------------
+
+def test_mean_and_sample_std():
+    assert mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, pytest.approx(math.sqrt(5 / 3)))
+    mean, std = mean_std([7.0])
+    assert mean == 7.0 and math.isnan(std)
+
+
+def test_welch_matches_the_hand_computation():
+    a, b = [10.0, 12.0, 14.0], [5.0, 6.0, 7.0, 8.0]
+    c = welch(a, b, higher_is_better=True)
+    # by hand: means 12 and 6.5; variances 4 and 5/3; se = sqrt(4/3 + 5/12) = sqrt(1.75)
+    se = math.sqrt(1.75)
+    dof = 1.75**2 / ((4 / 3) ** 2 / 2 + (5 / 12) ** 2 / 3)
+    assert c.delta == pytest.approx(5.5) and c.t == pytest.approx(5.5 / se)
+    assert dof == pytest.approx(3.2347, abs=1e-3)
+    assert c.t == pytest.approx(4.1576, abs=1e-3)  # scipy.stats.ttest_ind(a, b, equal_var=False): t 4.1576,
+    assert c.p_value == pytest.approx(0.02182, abs=1e-4)  # p 0.02182, dof 3.2347
+    half = c.ci_high - c.delta
+    assert c.ci_low == pytest.approx(c.delta - half) and 3.0 < half < 4.5
+    assert c.better is True and welch(a, b, higher_is_better=False).better is False
+
+
+def test_verdicts_across_datasets():
+    up = welch([10.0, 11.0, 12.0], [1.0, 2.0, 3.0])
+    down = welch([1.0, 2.0, 3.0], [10.0, 11.0, 12.0])
+    flat = welch([1.0, 2.0, 3.0], [1.5, 2.0, 2.5])
+    assert verdict({"digits": up, "shapes": up}) == "robust"
+    assert verdict({"digits": up, "shapes": down}) == "fragile"
+    assert verdict({"digits": up, "shapes": flat}) == "fragile"
+    assert verdict({"digits": flat, "shapes": flat}) == "no effect"
+    assert verdict({"digits": welch([1.0], [2.0, 3.0])}) == "too few seeds"
