@@ -228,7 +228,7 @@ def test_latency_is_a_positive_median_and_flops_count_a_matmul_exactly():
 # ---- the comparison table -------------------------------------------------------------------------------------------
 
 def test_the_table_averages_seeds_with_their_spread_and_adds_the_real_floor():
-    from pipelines.table import build_table, to_markdown
+    from usam.report.table import build_table, to_markdown
 
     base = {"dataset": "moving_digits", "diversity_label": "domain_perceptual", "diversity": 0.2,
             "latency_per_video": 0.01, "transfer_fid": 50.0, "floor/fid_domain": 1.5, "real/flicker": 0.97}

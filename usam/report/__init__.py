@@ -1,0 +1,1 @@
+"""Reports built from the records: the comparison table (``table``)."""
