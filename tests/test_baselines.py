@@ -134,3 +134,31 @@ def test_raster_order_is_causal_token_by_token():
     out = model(changed, torch.tensor([1]))
     assert torch.equal(out[:, :8], base[:, :8]), "token 7's bits feed only the predictions after it"
     assert not torch.equal(out[:, 8:], base[:, 8:])
+
+
+@pytest.mark.parametrize("name", ["usam", "raster_ar", "diffusion"])
+def test_cached_latents_are_the_encoder_output_of_the_unaugmented_split(project: Path, name: str):
+    device = torch.device("cpu")
+    task = _task(project, name)
+    train, val = task.datasets(device)
+    plain = task.dataset("train", train=False)
+    assert len(train) == len(plain) and len(val) == len(task.dataset("val", train=False))
+    batch = torch.utils.data.default_collate([plain[i] for i in (3, 7)])
+    cached = torch.utils.data.default_collate([train[i] for i in (3, 7)])
+    assert "video" not in cached and torch.equal(cached["class"], batch["class"])
+    assert torch.allclose(cached["latent"], task._encode(batch, device), atol=1e-5)
+    torch.manual_seed(0)
+    model = task.build_model()
+    torch.manual_seed(1)
+    from_frames, _ = task.loss(model, batch, device)
+    torch.manual_seed(1)
+    from_cache, _ = task.loss(model, cached, device)
+    assert torch.allclose(from_frames, from_cache, atol=1e-4), "a cached batch trains exactly like its frames"
+    assert task.summarize(task.evaluate(model, torch.utils.data.DataLoader(val, batch_size=2), device))
+
+
+def test_the_pixel_gan_and_cache_off_keep_encoding_frames(project: Path):
+    device = torch.device("cpu")
+    for task in (_task(project, "gan"), _task(project, "usam", "train.cache_latents=false")):
+        train, _ = task.datasets(device)
+        assert "video" in train[0] and "latent" not in train[0]

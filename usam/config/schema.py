@@ -294,6 +294,8 @@ class TrainConfig:
     keep_checkpoints: int = knob(ge=1, le=1000, doc="checkpoints kept in Ray storage")
     max_failures: int = knob(ge=0, le=1000, doc="worker-group restarts from the last checkpoint")
     log_every: int = knob(ge=1, doc="optimizer steps between logged metrics and progress lines")
+    visuals_every: int = knob(ge=1, doc="epochs between logged sample grids / panels (the last epoch always logs)")
+    cache_latents: bool = knob(doc="generators on a frozen tokenizer: encode each train/val video once, un-augmented, instead of every step")
     fault_injection_step: Optional[int] = knob(ge=1, doc="chaos test: inject a fault once at this step (null: off)")
     fault_injection_kind: Literal["kill", "nan_loss"] = knob(doc="kill: rank 0 process dies; nan_loss: rank 0 loss becomes NaN")
 

@@ -28,6 +28,10 @@ from usam.train.tasks import require_splits
 from usam.train.usam_task import StreamTask
 
 
+def batch_size(batch: dict) -> int:
+    return len(batch["latent"] if "latent" in batch else batch["video"])
+
+
 def _unit(video: torch.Tensor, normalize: dict) -> torch.Tensor:
     mean = torch.tensor(normalize["mean"], device=video.device).view(1, -1, 1, 1, 1)
     std = torch.tensor(normalize["std"], device=video.device).view(1, -1, 1, 1, 1)
@@ -84,7 +88,7 @@ class _TokenBaseline(StreamTask):
         generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
         for batch in loader:
             loss, acc = self._eval_batch(model, batch, device, generator)
-            n = batch["video"].shape[0]
+            n = batch_size(batch)
             sums["seen"] += n
             sums["loss_sum"] += float(loss) * n
             sums["acc_sum"] += float(acc) * n
@@ -193,7 +197,7 @@ class DiffusionTask(_TokenBaseline):
         generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
         sums = {"seen": 0.0, "loss_sum": 0.0}
         for batch in loader:
-            n = batch["video"].shape[0]
+            n = batch_size(batch)
             sums["loss_sum"] += float(self._denoising_loss(bare, batch, device, generator)) * n
             sums["seen"] += n
         return sums
@@ -218,6 +222,7 @@ class GANTask(StreamTask):
 
     name: str = "gan"
     _stats: dict | None = None
+    encodes = False
 
     @property
     def bcfg(self):

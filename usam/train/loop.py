@@ -88,7 +88,7 @@ def train_worker(payload: dict) -> None:
     seed_everything(derive_seed(cfg.seed, "rank", rank), deterministic=tcfg.deterministic)
     optimizer = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=(0.9, 0.95))
 
-    train_ds, val_ds = task.dataset("train", train=True), task.dataset("val", train=False)
+    train_ds, val_ds = _datasets(task, device)
     sampler = ShardedEpochSampler(len(train_ds), rank=rank, world=world, seed=cfg.seed)
     micro_per_epoch = sampler.per_rank // tcfg.batch_size
     steps_per_epoch = micro_per_epoch // tcfg.grad_accum
@@ -205,7 +205,8 @@ def train_worker(payload: dict) -> None:
             progress.micro = 0
             if logger is not None:
                 logger.epoch(progress, val)
-                logger.visuals(task, bare, val_ds, device, progress.step)
+                if progress.epoch % tcfg.visuals_every == 0 or progress.epoch >= tcfg.epochs or done:
+                    logger.visuals(task, bare, val_ds, device, progress.step)
             save(val)
 
 
@@ -225,6 +226,13 @@ def _inject_failure_once(marker: Path) -> None:
     marker.write_text("failure injected\n")
     print(f"fault injection: killing rank 0 (pid {os.getpid()})", file=sys.stderr, flush=True)
     os._exit(1)
+
+
+def _datasets(task, device: torch.device):
+    """The train and val splits; a task may prepare them on the device itself (``datasets(device)``)."""
+    if hasattr(task, "datasets"):
+        return task.datasets(device)
+    return task.dataset("train", train=True), task.dataset("val", train=False)
 
 
 def _validate(task, model, dataset, batch_size, rank, world, device) -> dict[str, float]:

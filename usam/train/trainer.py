@@ -82,8 +82,13 @@ def fit(
     run_name: str | None = None,
     parent_run_id: str | None = None,
     resume_run_id: str | None = None,
+    tags: dict | None = None,
+    callbacks: list | None = None,
 ) -> FitResult:
-    """Train ``task_name`` on ``cfg``; returns where the final weights are and what was measured."""
+    """Train ``task_name`` on ``cfg``; returns where the final weights are and what was measured.
+
+    ``tags`` go on the MLflow run; ``callbacks`` are Ray Train callbacks (a Tune trial passes
+    ``TuneReportCallback`` so every epoch's metrics reach the scheduler)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -116,7 +121,8 @@ def fit(
 
     with tracked_run(cfg, stage=f"train/{task_name}", run_name=run_name or ray_name, root=root,
                      parent_run_id=parent_run_id, resume_run_id=resume_run_id,
-                     tags={"ray.run_name": ray_name, "ray.storage_path": storage, "usam.task": task_name}) as run:
+                     tags={"ray.run_name": ray_name, "ray.storage_path": storage, "usam.task": task_name,
+                           **(tags or {})}) as run:
         print(f"MLflow run {run.run_id} (Ray run {ray_name}); if interrupted, continue with "
               f"`usam train {task_name} <same overrides> --resume {run.run_id}`", flush=True)
         payload = {
@@ -132,7 +138,7 @@ def fit(
             scaling_config=ScalingConfig(num_workers=tcfg.workers, use_gpu=tcfg.use_gpu, resources_per_worker=resources),
             run_config=RunConfig(
                 name=ray_name, storage_path=storage, failure_config=FailureConfig(max_failures=tcfg.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints),
+                checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints), callbacks=callbacks or [],
             ),
         )
         start = time.perf_counter()

@@ -63,7 +63,11 @@ class ConditionedVideos(torch.utils.data.Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int) -> dict:
-        item = self.base[i]
+        return {**self.base[i], **self.conditions_of(i)}
+
+    def conditions_of(self, i: int) -> dict:
+        """Video ``i``'s conditions alone (no frames are read)."""
+        item = {}
         if self.classes is not None:
             item["class"] = torch.tensor(int(self.classes[i]))
         if self.actions is not None:
@@ -71,6 +75,26 @@ class ConditionedVideos(torch.utils.data.Dataset):
         if self.texts is not None:
             item["text"] = self.texts[i]
         return item
+
+
+class EncodedVideos(torch.utils.data.Dataset):
+    """A split encoded once by the frozen tokenizer: items hold ``latent`` (the encoder's output) and the
+    conditions, not the frames. Encoding is un-augmented and in fp32, batch by batch in index order."""
+
+    def __init__(self, videos: ConditionedVideos, encode, device: torch.device, batch_size: int = 32):
+        self.videos = videos
+        loader = torch.utils.data.DataLoader(videos, batch_size=batch_size, shuffle=False)
+        with torch.autocast(device.type, enabled=False):
+            self.latents = torch.cat([encode(batch, device).cpu() for batch in loader])
+
+    def set_epoch(self, epoch: int) -> None:
+        """The latents are fixed: nothing changes between epochs."""
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"latent": self.latents[i], **self.videos.conditions_of(i)}
 
 
 @dataclass
@@ -180,6 +204,15 @@ class StreamTask:
             texts = torch.stack([encode_text(c, vocab) for c in base.meta()["captions"]])
         return ConditionedVideos(base, classes, actions, texts)
 
+    encodes = True  # the model learns the tokenizer's tokens or latents (the pixel GAN does not)
+
+    def datasets(self, device: torch.device) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+        """Train and val splits for the training loop: with ``train.cache_latents`` each video is encoded once
+        on ``device`` (the train split un-augmented), so a step no longer runs the frozen encoder."""
+        if not (self.encodes and self.train_cfg.cache_latents):
+            return self.dataset("train", train=True), self.dataset("val", train=False)
+        return tuple(EncodedVideos(self.dataset(split, train=False), self._encode, device) for split in ("train", "val"))
+
     def conditions(self, batch: dict, device: torch.device, latent: torch.Tensor | None = None) -> dict:
         cond = {}
         if "class" in batch:
@@ -193,6 +226,9 @@ class StreamTask:
         return cond
 
     def _encode(self, batch: dict, device: torch.device) -> torch.Tensor:
+        """The encoder's continuous latents (B, d, t, h, w) of the batch (cached ones when it carries them)."""
+        if "latent" in batch:
+            return batch["latent"].to(device)
         tok = self.tokenizer(device)
         with torch.no_grad():
             return tok.encoder(batch["video"].to(device).transpose(1, 2)).float()
