@@ -232,6 +232,21 @@ def cmd_ui(args) -> int:
         return 0
 
 
+def cmd_audit(args) -> int:
+    from usam.paths import find_project_root
+    from usam.repro.audit import audit
+    from usam.repro.render import render
+
+    report = audit(args.run, _config(args), find_project_root())
+    text = render(report, args.format)
+    if args.output:
+        args.output.write_text(text)
+        print(f"wrote {args.output}: {report.summary()}")
+    else:
+        print(text, end="")
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from usam import __version__
 
@@ -327,6 +342,21 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--params", metavar="FILE")
     _add_overrides(ui)
     ui.set_defaults(fn=cmd_ui)
+
+    audit = sub.add_parser(
+        "audit", help="check whether a recorded run can be reproduced (code, data, params, seeds, environment, ...)",
+        description="Audit RUN against the project as it is now: each check says PASS, WARN or FAIL with its evidence.\n"
+        "Exit status 1 when a check fails. Examples:\n"
+        "  usam audit latest                      # the newest finished training run\n"
+        "  usam audit <run-id> --format html -o audit.html",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    audit.add_argument("run", help="MLflow run id or name, or `latest` (the newest finished training run)")
+    audit.add_argument("--format", choices=("md", "html", "json"), default="md", help="report format (default: md)")
+    audit.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report to FILE instead of stdout")
+    audit.add_argument("--params", metavar="FILE", help="read the tracking settings from this composed file")
+    _add_overrides(audit)
+    audit.set_defaults(fn=cmd_audit)
     return parser
 
 

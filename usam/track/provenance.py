@@ -71,8 +71,9 @@ def git_state(root: Path) -> dict[str, Any]:
     commit = _git(root, "rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None, "branch": None, "dirty_files": [], "remote": None}
-    status = _git(root, "status", "--porcelain", "--untracked-files=no") or ""
-    dirty_files = [line[3:] for line in status.splitlines() if line.strip()]
+    # Tracked paths with uncommitted changes, staged or not (NUL-separated: no quoting, no status column).
+    changed = _git(root, "diff", "--name-only", "-z", "HEAD") or ""
+    dirty_files = [path for path in changed.split("\0") if path]
     remote = _git(root, "config", "--get", "remote.origin.url")
     return {
         "commit": commit,

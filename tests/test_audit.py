@@ -1,0 +1,344 @@
+"""`usam audit` on a real run: a git repository, a real `dvc repro` of the data, a real Ray Train
+run through a pipeline-style stage, a sqlite MLflow store. Each test spoils one thing and checks that
+exactly its own check changes, for the right reason."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+import yaml
+from conftest import TINY, run
+
+from usam.cli import main
+from usam.config import compose, load_params, write_params
+from usam.errors import UsamError
+from usam.repro.audit import audit, dataloaders_without_generator
+from usam.repro.render import render
+from usam.track import client_for, tracked_run
+from usam.track.provenance import installed_packages
+
+STAGE = '''"""Stage `train`: the frame evaluator of one dataset, the way the project's stages train."""
+import sys
+from pathlib import Path
+
+from usam.config import load_params
+from usam.track import client_for
+from usam.train import fit, with_dataset
+
+
+def main(name):
+    root = Path(__file__).resolve().parent.parent
+    cfg = with_dataset(load_params(root / "params.yaml"), name)
+    result = fit(cfg, "evaluator_frame", root=root, out_dir=root / "models" / name, run_name=f"frame/{name}")
+    client_for(cfg, root).set_tag(result.run_id, "checkpoint.path", f"models/{name}/weights.pt")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
+'''
+
+DVC_YAML = """stages:
+  data:
+    cmd: usam data build --name moving_digits --params params.yaml
+    outs:
+      - data/raw/moving_digits
+      - data/prepared/moving_digits
+"""
+
+
+def git(root: Path, *args: str) -> str:
+    return run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=root).stdout.strip()
+
+
+def train(root: Path) -> str:
+    """Run the stage as `python pipelines/train.py moving_digits` would (the command MLflow records); its run id."""
+    spec = importlib.util.spec_from_file_location("stage_train", root / "pipelines" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", [str(root / "pipelines" / "train.py"), "moving_digits"])
+        return module.main("moving_digits").run_id
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, ray_instance) -> dict:
+    """A committed project whose data came from `dvc repro`, and one clean training run in it."""
+    root = tmp_path_factory.mktemp("audit")
+    write_params(root / "params.yaml", TINY)
+    (root / "dvc.yaml").write_text(DVC_YAML)
+    (root / "pipelines").mkdir()
+    (root / "pipelines" / "train.py").write_text(STAGE)
+    (root / "environment.lock").write_text("".join(f"{n}=={v}\n" for n, v in installed_packages().items()))
+    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\noutputs/\nmodels/\n")
+    git(root, "init", "-q")
+    run(["dvc", "init", "-q"], cwd=root)
+    run(["dvc", "repro", "-q"], cwd=root)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "data and the train stage")
+    run_id = train(root)
+    cfg = load_params(root / "params.yaml")
+    return {"root": root, "run_id": run_id, "cfg": cfg, "baseline": statuses(audit(run_id, cfg, root))}
+
+
+def statuses(report) -> dict[str, str]:
+    return {c.name: c.status for c in report.checks}
+
+
+def check(report, name: str):
+    return next(c for c in report.checks if c.name == name)
+
+
+def audited(project: dict, run_id: str | None = None):
+    return audit(run_id or project["run_id"], project["cfg"], project["root"])
+
+
+def assert_only(report, project: dict, name: str, status: str) -> None:
+    """``name`` has ``status`` and every other check kept its status from the clean audit."""
+    expected = {**project["baseline"], name: status}
+    assert statuses(report) == expected, check(report, name).evidence
+
+
+def artifact(project: dict, name: str, run_id: str | None = None) -> Path:
+    client = client_for(project["cfg"], project["root"])
+    uri = client.get_run(run_id or project["run_id"]).info.artifact_uri
+    return Path(unquote(urlparse(uri).path)) / name
+
+
+@contextlib.contextmanager
+def restored(*paths: Path):
+    """Put the files back exactly as they were, whatever the test did to them."""
+    saved = {p: p.read_bytes() for p in paths}
+    try:
+        yield
+    finally:
+        for path, data in saved.items():
+            path.write_bytes(data)
+
+
+@pytest.mark.slow
+def test_a_fresh_run_audits_clean(project: dict, capsys, monkeypatch):
+    root, run_id = project["root"], project["run_id"]
+    report = audited(project, "latest")
+    assert report.run_id == run_id and not report.failed
+    assert project["baseline"] == {
+        "code": "PASS", "data": "PASS", "params": "PASS", "seeds": "PASS", "environment": "PASS",
+        "determinism": "PASS", "checkpoint": "PASS", "completeness": "WARN",
+    }
+    commit = git(root, "rev-parse", "HEAD")
+    assert check(report, "code").evidence == f"commit {commit[:12]} exists and the tree was clean (git.dirty = false)"
+    assert check(report, "data").evidence.startswith("all 2 recorded DVC outputs equal dvc.lock and the workspace")
+    assert "params.yaml still gives the same config (the run came from the pipeline stage pipelines/train.py)" in \
+        check(report, "params").evidence
+    assert check(report, "seeds").evidence.startswith("seed.seed = 0, seed.data.seed = 0 recorded and equal to the params")
+    assert "equal this environment and environment.lock" in check(report, "environment").evidence
+    assert check(report, "determinism").evidence.startswith("evaluator.train.deterministic = true")
+    assert check(report, "checkpoint").evidence.startswith("models/moving_digits/weights.pt has the recorded sha256")
+    completeness = check(report, "completeness").evidence
+    assert "dataset inputs or cards" in completeness and "1 run(s) with this configuration, seed(s) 0" in completeness
+    assert "parameter count" not in completeness and "training time" not in completeness
+
+    # the command line: exit 0, and the three formats
+    monkeypatch.chdir(root)
+    assert main(["audit", run_id, "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["run_id"] == run_id and data["status"] == "WARN"
+    assert [c["status"] for c in data["checks"]] == list(project["baseline"].values())
+    assert main(["audit", "frame/moving_digits", "--format", "html", "-o", str(root / "audit.html")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    page = (root / "audit.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    assert not any(external in page for external in ("<link", "<script", "src=", "@import"))  # self-contained
+    assert page.count('class="badge" style="background:#1a7f37">PASS') == 7
+    assert 'style="background:#9a6700">WARN' in page
+    markdown = render(report, "md")
+    assert "| checkpoint | **PASS** | models/moving_digits/weights.pt has the recorded sha256" in markdown
+
+
+@pytest.mark.slow
+def test_a_tampered_data_file_fails_the_data_check(project: dict):
+    videos = project["root"] / "data" / "prepared" / "moving_digits" / "train" / "videos.npy"
+    with restored(videos):
+        videos.write_bytes(videos.read_bytes() + b"\0")
+        report = audited(project)
+    assert_only(report, project, "data", "FAIL")
+    data = check(report, "data")
+    assert "data/prepared/moving_digits: on disk" in data.evidence and "run and dvc.lock" in data.evidence
+    assert data.details == ("data/prepared/moving_digits: train/videos.npy modified",)
+
+
+@pytest.mark.slow
+def test_package_drift_fails_or_warns_the_environment_check(project: dict):
+    prov_file = artifact(project, "provenance.json")
+    installed = installed_packages()["numpy"]
+    with restored(prov_file):
+        prov = json.loads(prov_file.read_text())
+        prov["software"]["packages"]["numpy"] = "1.0.0"
+        prov_file.write_text(json.dumps(prov))
+        report = audited(project)
+    assert_only(report, project, "environment", "FAIL")
+    env = check(report, "environment")
+    assert f"in 1 package(s): numpy: recorded 1.0.0, running {installed}" in env.evidence
+    assert any(line.startswith("run:     python ") for line in env.details)
+
+    lock = project["root"] / "environment.lock"
+    with restored(lock):
+        lock.write_text(lock.read_text().replace(f"numpy=={installed}\n", "numpy==1.0.0\n"))
+        report = audited(project)
+    assert_only(report, project, "environment", "WARN")
+    assert f"differ from environment.lock in 1: numpy: environment.lock 1.0.0, recorded {installed}" in \
+        check(report, "environment").evidence
+
+
+@pytest.mark.slow
+def test_an_edited_checkpoint_fails_the_checkpoint_check(project: dict):
+    weights = project["root"] / "models" / "moving_digits" / "weights.pt"
+    with restored(weights):
+        weights.write_bytes(weights.read_bytes() + b"\0")
+        report = audited(project)
+    assert_only(report, project, "checkpoint", "FAIL")
+    assert "the weights changed since training" in check(report, "checkpoint").evidence
+    assert check(report, "checkpoint").evidence.startswith("models/moving_digits/weights.pt has sha256 ")
+
+
+@pytest.mark.slow
+def test_a_changed_param_fails_the_params_check(project: dict):
+    params = project["root"] / "params.yaml"
+    with restored(params):
+        data = yaml.safe_load(params.read_text())
+        lr = data["evaluator"]["train"]["lr"]
+        data["evaluator"]["train"]["lr"] = 0.5
+        params.write_text(yaml.safe_dump(data, sort_keys=False))
+        report = audited(project)
+    assert_only(report, project, "params", "FAIL")
+    assert check(report, "params").evidence == (
+        "the run came from the pipeline stage pipelines/train.py, and params.yaml has changed since: "
+        f"evaluator.train.lr (params.yaml 0.5, run {lr})")
+
+    recorded = artifact(project, "config.yaml")
+    with restored(recorded):
+        data = yaml.safe_load(recorded.read_text())
+        data["evaluator"]["train"]["lr"] = 0.5
+        recorded.write_text(yaml.safe_dump(data, sort_keys=False))
+        report = audited(project)
+    assert_only(report, project, "params", "FAIL")
+    evidence = check(report, "params").evidence
+    assert evidence.startswith("config.yaml re-composes to hash ")
+    assert f"differs from the run's params at evaluator.train.lr (config.yaml 0.5, params {lr})" in evidence
+
+
+@pytest.mark.slow
+def test_seed_tags_and_unseeded_dataloaders_show_in_the_seeds_check(project: dict):
+    client = client_for(project["cfg"], project["root"])
+    client.delete_tag(project["run_id"], "seed.seed")
+    try:
+        report = audited(project)
+    finally:
+        client.set_tag(project["run_id"], "seed.seed", "0")
+    assert_only(report, project, "seeds", "FAIL")
+    assert check(report, "seeds").evidence.startswith("tag seed.seed is not recorded")
+
+    loader = project["root"] / "pipelines" / "loader.py"
+    loader.write_text("from torch.utils.data import DataLoader\n\n\ndef batches(ds):\n    return DataLoader(ds, batch_size=2)\n")
+    try:
+        report = audited(project)
+    finally:
+        loader.unlink()
+    assert_only(report, project, "seeds", "WARN")
+    assert check(report, "seeds").details == ("pipelines/loader.py:5",)
+
+
+@pytest.mark.slow
+def test_a_commit_that_no_longer_exists_fails_the_code_check(project: dict):
+    client = client_for(project["cfg"], project["root"])
+    commit = client.get_run(project["run_id"]).data.tags["git.commit"]
+    client.set_tag(project["run_id"], "git.commit", "0" * 40)
+    try:
+        report = audited(project)
+    finally:
+        client.set_tag(project["run_id"], "git.commit", commit)
+    assert_only(report, project, "code", "FAIL")
+    assert check(report, "code").evidence.startswith(f"commit 000000000000 (tag git.commit) does not exist in the repository at {project['root']}")
+
+
+@pytest.mark.slow
+def test_missing_artifacts_are_reported_not_raised(project: dict):
+    files = [artifact(project, "provenance.json"), artifact(project, "config.yaml")]
+    with restored(*files):
+        for f in files:
+            f.unlink()
+        report = audited(project)
+    assert statuses(report)["params"] == "WARN" and statuses(report)["environment"] == "WARN"
+    assert check(report, "params").evidence.startswith("artifact config.yaml cannot be read")
+    assert check(report, "environment").evidence.startswith("artifact provenance.json cannot be read")
+    assert {n: s for n, s in statuses(report).items() if n not in ("params", "environment")} == \
+        {n: s for n, s in project["baseline"].items() if n not in ("params", "environment")}
+
+
+@pytest.mark.slow
+def test_a_dirty_tree_fails_the_code_check_unless_only_dvc_files_changed(project: dict):
+    root = project["root"]
+    stage, lock = root / "pipelines" / "train.py", root / "dvc.lock"
+    with restored(stage, lock):
+        stage.write_text(stage.read_text() + "# tuned by hand\n")
+        lock.write_text(lock.read_text() + "# rewritten by dvc repro\n")
+        dirty_run = train(root)
+    report = audited(project, dirty_run)
+    assert_only(report, project, "code", "FAIL")
+    code = check(report, "code")
+    assert code.evidence.startswith("uncommitted changes to pipelines/train.py when the run started")
+    assert code.details == ("changed: dvc.lock", "changed: pipelines/train.py")
+    assert "2 run(s) with this configuration, seed(s) 0" in check(report, "completeness").evidence
+
+    with restored(lock):
+        lock.write_text(lock.read_text() + "# rewritten by dvc repro\n")
+        with tracked_run(project["cfg"], stage="note", root=root) as note:
+            pass
+    code = check(audited(project, note.run_id), "code")
+    assert code.status == "WARN"
+    assert "the tree was dirty only in DVC-managed files (dvc.lock), which `dvc repro` rewrites" in code.evidence
+
+
+def test_an_unknown_run_is_one_clear_error(tmp_path: Path, monkeypatch, capsys):
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(root)
+    with pytest.raises(UsamError) as info:
+        audit("0123456789abcdef", compose(), root)
+    assert info.value.what == "no run '0123456789abcdef' in the tracking store"
+    assert info.value.where == f"sqlite:///{root / 'mlflow.db'}" and "tracking.uri=" in info.value.fix
+    other = f"tracking.uri=sqlite:///{tmp_path / 'other.db'}"
+    assert main(["audit", "latest", other]) == 2
+    err = capsys.readouterr().err
+    assert "no run 'latest' in the tracking store" in err and "other.db" in err and "Traceback" not in err
+
+
+def test_the_dataloader_scan_names_each_call_without_a_generator(tmp_path: Path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "load.py").write_text(
+        "import torch\nfrom torch.utils.data import DataLoader\n"
+        "a = DataLoader([], batch_size=1)\n"
+        "b = torch.utils.data.DataLoader([], generator=None)\n"
+        "c = torch.utils.data.DataLoader([],\n    shuffle=True)\n"
+        "d = DataLoader([], **{'generator': None})\n"
+    )
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text("from torch.utils.data import DataLoader\nDataLoader([])\n")
+    (tmp_path / "broken.py").write_text("def (:\n")
+    assert dataloaders_without_generator(tmp_path) == (2, ["pkg/load.py:3", "pkg/load.py:5"])

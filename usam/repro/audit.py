@@ -1,0 +1,644 @@
+"""`usam audit RUN`: can this recorded run be reproduced from what is here now?
+
+Each check reads what the run recorded (MLflow tags, params, metrics, inputs and the
+``provenance.json`` / ``config.yaml`` artifacts) and compares it with the project as it is
+now (git, ``dvc.lock`` and the workspace, ``params.yaml``, the running environment,
+``environment.lock``, the weights file). A check answers PASS, WARN or FAIL with one
+sentence of evidence naming the file, key or value that decided it, plus optional detail
+lines (a version diff, the files that changed).
+
+A run that cannot be fully checked (artifacts missing, a commit that no longer exists,
+no DVC repository) still gets a report: the checks concerned say what they could not
+verify and why. Only an unknown run is an error.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from usam.config import Config, config_hash, flatten, load_params, to_dict
+from usam.errors import UsamError
+from usam.track import provenance
+
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+SHOWN = 5  # items named in one evidence sentence before "and N more"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One audit verdict: PASS / WARN / FAIL, the sentence that justifies it, optional detail lines."""
+
+    name: str
+    status: str
+    evidence: str
+    details: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Report:
+    """Every check on one run, with where the run was found."""
+
+    run_id: str
+    run_name: str
+    run_status: str
+    experiment: str
+    tracking_uri: str
+    root: str
+    created: str
+    checks: tuple[Check, ...]
+
+    @property
+    def status(self) -> str:
+        """FAIL if any check failed, else WARN if any warned, else PASS."""
+        statuses = {c.status for c in self.checks}
+        return FAIL if FAIL in statuses else WARN if WARN in statuses else PASS
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAIL
+
+    def summary(self) -> str:
+        counts = {s: sum(c.status == s for c in self.checks) for s in (PASS, WARN, FAIL)}
+        return f"{self.status}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "run_name": self.run_name, "run_status": self.run_status,
+            "experiment": self.experiment, "tracking_uri": self.tracking_uri, "root": self.root,
+            "created": self.created, "status": self.status,
+            "checks": [{"name": c.name, "status": c.status, "evidence": c.evidence, "details": list(c.details)}
+                       for c in self.checks],
+        }
+
+
+@dataclass
+class RunRecord:
+    """What one run recorded, fetched once: the MLflow run, its two provenance artifacts, the client."""
+
+    run: Any
+    client: Any
+    provenance: dict | None = None
+    config: Config | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)  # artifact -> why it could not be used
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return self.run.data.tags
+
+    @property
+    def params(self) -> dict[str, str]:
+        return self.run.data.params
+
+
+# ---- finding the run and its artifacts ---------------------------------------------------------------------------
+
+
+def find_run(client, ref: str, where: str):
+    """A run by id, by name (newest first), or ``latest``: the newest finished training run, in any experiment."""
+    from mlflow.exceptions import MlflowException
+
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if ref == "latest":
+        query = "tags.`usam.task` != '' and attributes.status = 'FINISHED'"
+    else:
+        try:
+            return client.get_run(ref)
+        except MlflowException:
+            query = "attributes.run_name = '{}'".format(ref.replace("'", "\\'"))
+    runs = client.search_runs(ids, query, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    if not runs:
+        raise UsamError(
+            f"no run {ref!r} in the tracking store",
+            where=where,
+            fix="pass a run id or name from `usam ui` (or `latest`); for a run recorded in another store, "
+            "point at it, e.g. `usam audit RUN tracking.uri=sqlite:////path/to/mlflow.db`",
+        )
+    return runs[0]
+
+
+def load_record(client, run) -> RunRecord:
+    """Fetch ``provenance.json`` and ``config.yaml``; a missing or unreadable one is noted, not raised."""
+    record = RunRecord(run=run, client=client)
+    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+        for name in ("provenance.json", "config.yaml"):
+            try:
+                path = Path(client.download_artifacts(run.info.run_id, name, tmp))
+            except Exception as exc:  # missing artifact, unreachable artifact store
+                record.unavailable[name] = f"artifact {name} cannot be read: {_first_line(exc)}"
+                continue
+            if name == "provenance.json":
+                try:
+                    record.provenance = json.loads(path.read_text())
+                except ValueError as exc:
+                    record.unavailable[name] = f"provenance.json is not valid JSON: {_first_line(exc)}"
+            else:
+                try:
+                    record.config = load_params(path)
+                except UsamError as exc:
+                    problems = [line.strip(" -") for line in exc.what.splitlines()]
+                    first = f", first: {problems[1]}" if len(problems) > 1 else ""
+                    record.unavailable[name] = f"config.yaml no longer validates ({problems[0].rstrip(':')}{first})"
+    return record
+
+
+@contextlib.contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No MLflow download progress bars in the middle of a report."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
+
+
+# ---- code ------------------------------------------------------------------------------------------------------------
+
+
+def check_code(record: RunRecord, root: Path) -> Check:
+    """The recorded commit exists here, and the tree was clean (or dirty only in DVC-managed files)."""
+    commit = record.tags.get("git.commit", "unknown")
+    if commit == "unknown":
+        return Check("code", FAIL, "tag git.commit is not recorded: the run did not start inside a git repository")
+    if _git(root, "rev-parse", "--git-dir") is None:
+        return Check("code", WARN, f"git.commit {commit[:12]} recorded, but {root} is not a git repository to look it up in")
+    if _git(root, "cat-file", "-e", f"{commit}^{{commit}}") is None:
+        return Check("code", FAIL, f"commit {commit[:12]} (tag git.commit) does not exist in the repository at {root}: "
+                                   "history was rewritten, or the run comes from another project")
+    head = _git(root, "rev-parse", "HEAD")
+    now = "" if head == commit else f"; HEAD is now {head[:12]}" if head else ""
+    dirty = record.tags.get("git.dirty")
+    if dirty == "false":
+        return Check("code", PASS, f"commit {commit[:12]} exists and the tree was clean (git.dirty = false){now}")
+    paths = (record.provenance or {}).get("git", {}).get("dirty_files") or []
+    if not paths:
+        why = record.unavailable.get("provenance.json", "provenance.json lists no changed paths")
+        return Check("code", FAIL, f"git.dirty = {dirty} and the uncommitted paths are not known ({why}): "
+                                   f"the code that ran may differ from commit {commit[:12]}")
+    paths = [_porcelain_path(p) for p in paths]
+    managed = _dvc_managed_paths(root, record.provenance)
+    code = [p for p in paths if not _is_managed(p, managed)]
+    if code:
+        return Check("code", FAIL, f"uncommitted changes to {_listing(code)} when the run started: the code that ran "
+                                   f"is not commit {commit[:12]}", details=tuple(f"changed: {p}" for p in paths))
+    return Check("code", WARN, f"commit {commit[:12]} exists; the tree was dirty only in DVC-managed files "
+                               f"({_listing(paths)}), which `dvc repro` rewrites{now}")
+
+
+def _porcelain_path(path: str) -> str:
+    """``old -> new`` (a rename in ``git status --porcelain``) -> ``new``; quotes dropped."""
+    return path.split(" -> ")[-1].strip('"')
+
+
+def _dvc_managed_paths(root: Path, prov: dict | None) -> set[str]:
+    """``dvc.lock`` and every out (metrics and plots included) it lists now or listed when the run started."""
+    managed = {"dvc.lock"}
+    for lock in (provenance.dvc_lock_entries(root), (prov or {}).get("dvc") or {}):
+        for stage in (lock.get("stages") or {}).values():
+            managed.update(p.rstrip("/") for p in stage.get("outs", {}))
+    return managed
+
+
+def _is_managed(path: str, managed: set[str]) -> bool:
+    return any(path == m or path.startswith(m + "/") for m in managed)
+
+
+# ---- data ------------------------------------------------------------------------------------------------------------
+
+
+def check_data(record: RunRecord, root: Path) -> Check:
+    """Every recorded ``dvc.out.<path>`` md5 equals ``dvc.lock`` now and DVC's hash of the workspace."""
+    recorded = {k[len("dvc.out."):]: v for k, v in record.tags.items() if k.startswith("dvc.out.")}
+    if not recorded:
+        return Check("data", WARN, "no dvc.out.* tags: there was no dvc.lock when the run started, "
+                                   "so its data is not identified by DVC hashes")
+    lock = {_tag_path(path): (path, md5) for stage in provenance.dvc_lock_entries(root)["stages"].values()
+            for path, md5 in stage["outs"].items()}
+    present = {key: lock[key][0] for key in recorded if key in lock}
+    workspace, note = _workspace_hashes(root, sorted(present.values()))
+    fails, warns, details = [], [], []
+    for key, md5 in sorted(recorded.items()):
+        if key not in lock:
+            warns.append(f"{key} is no longer in dvc.lock")
+            continue
+        path, locked = lock[key]
+        if locked != md5:
+            fails.append(f"{path}: run {_short(md5)}, dvc.lock {_short(locked)}")
+        elif workspace is not None and workspace.get(path) is None:
+            warns.append(f"{path} is not in the workspace (`dvc pull` or `dvc checkout` restores it)")
+        elif workspace is not None and workspace[path][0] != md5:
+            fails.append(f"{path}: on disk {_short(workspace[path][0])}, run and dvc.lock {_short(md5)}")
+            details.extend(f"{path}: {change}" for change in workspace[path][1])
+    if fails:
+        return Check("data", FAIL, "the data differs from what the run used: " + "; ".join(fails[:SHOWN])
+                     + _more(fails), details=tuple(details + fails[SHOWN:] + warns))
+    if warns or note:
+        return Check("data", WARN, "; ".join([*warns[:SHOWN], *([note] if note else [])]) + _more(warns),
+                     details=tuple(warns[SHOWN:]))
+    some = next(iter(sorted(present.values())))
+    return Check("data", PASS, f"all {len(recorded)} recorded DVC outputs equal dvc.lock and the workspace "
+                               f"(e.g. {some} {_short(recorded[_tag_path(some)])})")
+
+
+def _tag_path(path: str) -> str:
+    """An out path as it appears in a ``dvc.out.<path>`` tag (the same substitution as usam.track.run)."""
+    return re.sub(r"[^\w\-./: ]", "_", path)
+
+
+def _workspace_hashes(root: Path, paths: list[str]) -> tuple[dict[str, tuple[str, list[str]] | None] | None, str]:
+    """DVC's md5 of each out in ``paths`` as it is on disk now (None: not there), with the files that changed.
+
+    Returns ``(None, reason)`` when DVC cannot hash the workspace (no DVC repository, unreadable dvc.yaml).
+    """
+    try:
+        from dvc.repo import Repo
+
+        with Repo(str(root)) as repo:
+            outs = {Path(os.path.relpath(out.fs_path, repo.root_dir)).as_posix(): out for out in repo.index.outs}
+            hashes = {}
+            for path in paths:
+                out = outs.get(path)
+                if out is None or not os.path.exists(out.fs_path):
+                    hashes[path] = None
+                    continue
+                current = out.get_hash().value
+                changes = _changed_files(out) if current != out.hash_info.value and out.hash_info.isdir else []
+                hashes[path] = (current, changes)
+            return hashes, ""
+    except Exception as exc:  # not a DVC repository, a dvc.yaml DVC cannot read
+        return None, f"the workspace was not hashed ({type(exc).__name__}: {_first_line(exc)})"
+
+
+def _changed_files(out) -> list[str]:
+    """Inside a directory out: the files added, removed or modified since dvc.lock (empty if its listing is not cached)."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.tree import Tree
+
+    try:
+        old = {e["relpath"]: e["md5"] for e in Tree.load(out.cache, out.hash_info).as_list()}
+    except Exception:  # the .dir listing is not in the cache
+        return []
+    _, _, tree = build(out.cache, out.fs_path, out.fs, out.hash_name, ignore=out.dvcignore)
+    new = {e["relpath"]: e["md5"] for e in tree.as_list()}
+    return [f"{rel} {'added' if rel not in old else 'removed' if rel not in new else 'modified'}"
+            for rel in sorted(set(old) | set(new)) if old.get(rel) != new.get(rel)]
+
+
+# ---- params ----------------------------------------------------------------------------------------------------------
+
+
+def check_params(record: RunRecord, root: Path) -> Check:
+    """``config.yaml`` re-composes to ``usam.config_hash``; a pipeline run's ``params.yaml`` still gives that config."""
+    recorded = record.tags.get("usam.config_hash")
+    if not recorded:
+        return Check("params", FAIL, "tag usam.config_hash is not recorded: the run's configuration cannot be identified")
+    if record.config is None:
+        why = record.unavailable.get("config.yaml", "config.yaml is missing")
+        return Check("params", WARN, f"{why}; the recorded hash {_short(recorded)} cannot be re-derived")
+    rehashed = config_hash(record.config)
+    if rehashed != recorded:
+        diff = _diff(flatten(to_dict(record.config)), record.params, "config.yaml", "params")
+        return Check("params", FAIL, f"config.yaml re-composes to hash {_short(rehashed)}, the run recorded "
+                                     f"{_short(recorded)}" + (f"; it differs from the run's params at {diff[0]}" if diff else ""),
+                     details=tuple(diff))
+    stage = _pipeline_stage(record.tags.get("usam.command", ""), root)
+    if stage is None:
+        return Check("params", PASS, f"config.yaml re-composes to the recorded hash {_short(recorded)} "
+                                     f"(usam.command: {record.tags.get('usam.command', 'not recorded')})")
+    try:
+        from usam.train import with_dataset
+
+        current = with_dataset(load_params(root / "params.yaml"), record.config.data.name)
+    except UsamError as exc:
+        return Check("params", WARN, f"the run came from the pipeline stage {stage}, but params.yaml cannot be read: {exc.what}")
+    if config_hash(current) != recorded:
+        diff = _diff(flatten(to_dict(current)), flatten(to_dict(record.config)), "params.yaml", "run")
+        return Check("params", FAIL, f"the run came from the pipeline stage {stage}, and params.yaml has changed since: "
+                                     f"{diff[0]}" + (f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""),
+                     details=tuple(diff))
+    return Check("params", PASS, f"config.yaml re-composes to the recorded hash {_short(recorded)}, and params.yaml "
+                                 f"still gives the same config (the run came from the pipeline stage {stage})")
+
+
+def _pipeline_stage(command: str, root: Path) -> str | None:
+    """``pipelines/<name>.py`` when the run's command is a DVC stage script (``usam.py moving_digits``)."""
+    first = command.split(" ", 1)[0]
+    if first.endswith(".py") and (root / "pipelines" / first).is_file():
+        return f"pipelines/{first}"
+    return None
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any], a_name: str, b_name: str) -> list[str]:
+    """``key (a_name X, b_name Y)`` for every key whose values differ (compared as text, as MLflow stores params)."""
+    return [f"{key} ({a_name} {a.get(key, 'missing')}, {b_name} {b.get(key, 'missing')})"
+            for key in sorted(set(a) | set(b)) if str(a.get(key)) != str(b.get(key))]
+
+
+# ---- seeds -----------------------------------------------------------------------------------------------------------
+
+
+def check_seeds(record: RunRecord, root: Path) -> Check:
+    """``seed.*`` tags recorded and equal to the params; no ``DataLoader(`` without ``generator=`` in the code."""
+    keys = [k for k in ("seed", "data.seed") if k in record.params] or ["seed"]
+    missing = [f"seed.{k}" for k in keys if f"seed.{k}" not in record.tags]
+    if missing:
+        return Check("seeds", FAIL, f"tag {' and '.join(missing)} is not recorded: the run's random state cannot be replayed")
+    differ = [f"seed.{k} = {record.tags[f'seed.{k}']} but param {k} = {record.params[k]}"
+              for k in keys if k in record.params and record.tags[f"seed.{k}"] != record.params[k]]
+    if differ:
+        return Check("seeds", FAIL, "; ".join(differ))
+    seeds = ", ".join(f"seed.{k} = {record.tags[f'seed.{k}']}" for k in keys)
+    files, calls = dataloaders_without_generator(root)
+    if calls:
+        return Check("seeds", WARN, f"{seeds} recorded; {len(calls)} DataLoader( call(s) without generator= draw their "
+                                    f"base seed from the global RNG: {_listing(calls)}", details=tuple(calls))
+    return Check("seeds", PASS, f"{seeds} recorded and equal to the params; every DataLoader( call in the {files} "
+                                f"Python files under {root} (tests aside) passes generator=")
+
+
+def dataloaders_without_generator(root: Path) -> tuple[int, list[str]]:
+    """(files scanned, ``file:line`` of each ``DataLoader(...)`` call with no ``generator=`` and no ``**kwargs``)."""
+    files = _python_files(root)
+    found = []
+    for path in files:
+        try:
+            tree = ast.parse(path.read_text(), filename=str(path))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _callee(node.func) == "DataLoader":
+                names = {k.arg for k in node.keywords}
+                if "generator" not in names and None not in names:
+                    found.append(f"{path.relative_to(root).as_posix()}:{node.lineno}")
+    return len(files), found
+
+
+def _callee(func: ast.expr) -> str | None:
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+
+
+def _python_files(root: Path) -> list[Path]:
+    """The project's Python files but its tests: tracked or not ignored by git; outside git, all but hidden folders."""
+    listed = _git(root, "ls-files", "--cached", "--others", "--exclude-standard", "--", "*.py")
+    if listed is not None:
+        files = [root / line for line in listed.splitlines() if line]
+    else:
+        files = [p for p in root.rglob("*.py") if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return sorted(p for p in files if p.is_file() and not _is_test(p.relative_to(root)))
+
+
+def _is_test(path: Path) -> bool:
+    return "tests" in path.parts[:-1] or path.name.startswith("test_") or path.name == "conftest.py"
+
+
+# ---- environment -----------------------------------------------------------------------------------------------------
+
+
+def check_environment(record: RunRecord, root: Path) -> Check:
+    """Recorded packages vs this environment (FAIL on a difference) vs ``environment.lock`` (WARN on one)."""
+    from usam.repro.environment import read_lock
+
+    now = provenance.software(root)
+    shown = _software_line(now, provenance.hardware())
+    if record.provenance is None:
+        tags = {"python": record.tags.get("env.python"), "torch": record.tags.get("env.torch")}
+        differ = [f"{k}: recorded {v}, running {now[k]}" for k, v in tags.items() if v and v != now[k]]
+        why = record.unavailable.get("provenance.json", "provenance.json is missing")
+        status = FAIL if differ else WARN
+        return Check("environment", status, f"{why}; only env.* tags compared: " + ("; ".join(differ) or "python and "
+                     "torch match") + f". Running: {shown}", details=tuple(differ))
+    recorded_sw = record.provenance.get("software", {})
+    packages = recorded_sw.get("packages", {})
+    recorded = {**packages, "python": recorded_sw.get("python")}
+    running = {**now["packages"], "python": now["python"]}
+    run_diff = _version_diff(recorded, running, "recorded", "running")
+    lock_path = root / "environment.lock"
+    lock_diff, lock_note = [], ""
+    if lock_path.is_file():
+        locked = read_lock(lock_path)
+        lock_diff = _version_diff(locked, packages, "environment.lock", "recorded")
+    else:
+        lock_note = f"{lock_path.name} not found"
+    details = (f"run:     {_software_line(recorded_sw, record.provenance.get('hardware', {}))}", f"running: {shown}",
+               *run_diff, *lock_diff)
+    if run_diff:
+        return Check("environment", FAIL, f"this environment differs from the run's (provenance.json) in "
+                                          f"{len(run_diff)} package(s): {_listing(run_diff)}", details=details)
+    if lock_diff or lock_note:
+        what = lock_note or f"the run's packages differ from environment.lock in {len(lock_diff)}: {_listing(lock_diff)}"
+        return Check("environment", WARN, f"the run's {len(packages)} packages equal this environment's; {what}",
+                     details=details)
+    return Check("environment", PASS, f"the run's {len(packages)} packages (provenance.json) equal this environment "
+                                      f"and environment.lock; {shown}", details=details)
+
+
+def _version_diff(a: dict[str, str], b: dict[str, str], a_name: str, b_name: str) -> list[str]:
+    """One line per package present in only one side or at another version (``pip``-style bootstrap tools skipped)."""
+    from usam.repro.environment import BOOTSTRAP, PROJECT, _same_version
+
+    lines = []
+    for name in sorted(set(a) | set(b)):
+        have_a, have_b = a.get(name), b.get(name)
+        if name == PROJECT or (name in BOOTSTRAP and None in (have_a, have_b)):
+            continue
+        if have_a is None or have_b is None or not _same_version(have_a, have_b):
+            lines.append(f"{name}: {a_name} {have_a or 'absent'}, {b_name} {have_b or 'absent'}")
+    return lines
+
+
+def _software_line(sw: dict, hw: dict) -> str:
+    gpus = ", ".join(g.get("name", "?") for g in hw.get("gpus", [])) or "no GPU"
+    return (f"python {sw.get('python')}, torch {sw.get('torch')}, CUDA {sw.get('cuda') or 'none'}, "
+            f"cuDNN {sw.get('cudnn') or 'none'}; {hw.get('cpu_model', '?')} x{hw.get('cpu_count', '?')}, {gpus}")
+
+
+# ---- determinism -----------------------------------------------------------------------------------------------------
+
+
+def check_determinism(record: RunRecord, root: Path) -> Check:
+    """The training recipe's ``deterministic`` flag (what the workers ran with) and the flags recorded at start."""
+    recorded = (record.provenance or {}).get("determinism") or {}
+    details = tuple(f"recorded at start (driver): {k} = {v}" for k, v in recorded.items())
+    task = record.tags.get("usam.task")
+    key = _train_key(task) if task else None
+    flag = record.params.get(f"{key}.deterministic") if key else None
+    if flag is None:
+        why = f"param {key}.deterministic is not recorded" if task else "not a training run (no usam.task tag)"
+        return Check("determinism", WARN, f"{why}: the flags in force during the work are unknown; "
+                                          f"at start: {_flags_line(recorded)}", details=details)
+    precision = record.params.get(f"{key}.precision", "?")
+    if flag == "True":
+        return Check("determinism", PASS, f"{key}.deterministic = true: the workers ran deterministic algorithms, no cuDNN "
+                                          f"benchmark, no TF32, CUBLAS_WORKSPACE_CONFIG=:4096:8 (precision {precision}); "
+                                          "a re-run on the same hardware and software is bit-exact", details=details)
+    return Check("determinism", WARN, f"{key}.deterministic = false (precision {precision}; at start: "
+                                      f"{_flags_line(recorded)}): kernels may be picked by autotuning and reduce in any "
+                                      "order, so a re-run matches only statistically, not bit for bit", details=details)
+
+
+def _train_key(task: str) -> str:
+    """The config section a task's training recipe comes from (as each task's ``train_cfg`` reads it)."""
+    return {"evaluator_frame": "evaluator.train", "evaluator_clip": "evaluator.train",
+            "tokenizer": "tokenizer.train"}.get(task, "train")
+
+
+def _flags_line(flags: dict) -> str:
+    if not flags:
+        return "nothing recorded"
+    return (f"deterministic algorithms {flags.get('deterministic_algorithms')}, cudnn benchmark "
+            f"{flags.get('cudnn_benchmark')}, TF32 {flags.get('cuda_matmul_allow_tf32')}, "
+            f"CUBLAS_WORKSPACE_CONFIG {flags.get('cublas_workspace_config')}")
+
+
+# ---- checkpoint ------------------------------------------------------------------------------------------------------
+
+
+def check_checkpoint(record: RunRecord, root: Path) -> Check:
+    """sha256 of the file at ``checkpoint.path`` equals ``checkpoint.sha256``."""
+    from usam.paths import resolve
+
+    path, expected = record.tags.get("checkpoint.path"), record.tags.get("checkpoint.sha256")
+    if path is None and expected is None:
+        return Check("checkpoint", WARN, "no checkpoint.path / checkpoint.sha256 tags: the run saved no weights")
+    if path is None or expected is None:
+        missing = "checkpoint.path" if path is None else "checkpoint.sha256"
+        return Check("checkpoint", FAIL, f"tag {missing} is not recorded, so the weights cannot be verified")
+    file = resolve(path, root)
+    if not file.is_file():
+        return Check("checkpoint", FAIL, f"the weights file {path} (checkpoint.path) does not exist under {root}")
+    actual = provenance.sha256_file(file)
+    if actual != expected:
+        return Check("checkpoint", FAIL, f"{path} has sha256 {_short(actual)}, the run recorded {_short(expected)} "
+                                         "(checkpoint.sha256): the weights changed since training")
+    return Check("checkpoint", PASS, f"{path} has the recorded sha256 {_short(expected)}")
+
+
+# ---- completeness ----------------------------------------------------------------------------------------------------
+
+PLACEMENT = ("seed", "ray.", "tracking.")  # params that do not change what is trained
+
+
+def check_completeness(record: RunRecord, root: Path) -> Check:
+    """Parameter count, training time, dataset inputs and how many seeds ran this configuration."""
+    missing = []
+    if "usam.task" in record.tags:
+        if "model.parameters" not in record.tags:
+            missing.append("parameter count (tag model.parameters)")
+        if "train_seconds" not in record.run.data.metrics:
+            missing.append("training time (metric train_seconds)")
+    has_inputs = bool(record.run.inputs and record.run.inputs.dataset_inputs)
+    if not has_inputs and not record.client.list_artifacts(record.run.info.run_id, "datasets"):
+        missing.append("dataset inputs or cards (no mlflow inputs, no datasets/ artifacts)")
+    runs, seeds = _replicates(record)
+    replicas = f"{runs} run(s) with this configuration, seed(s) {', '.join(seeds)}"
+    details = (f"parameters: {record.tags.get('model.parameters', 'not recorded')}",
+               f"train_seconds: {record.run.data.metrics.get('train_seconds', 'not recorded')}",
+               f"dataset inputs: {len(record.run.inputs.dataset_inputs) if has_inputs else 0}", replicas)
+    if len(seeds) < 2:
+        missing.append(f"more than one seed ({replicas}): one seed gives no error bar")
+    if missing:
+        return Check("completeness", WARN, "missing: " + "; ".join(missing), details=details)
+    return Check("completeness", PASS, f"parameter count, training time and dataset inputs recorded; {replicas}",
+                 details=details)
+
+
+def _replicates(record: RunRecord) -> tuple[int, list[str]]:
+    """Finished runs of the same stage whose params equal this run's apart from the seed and placement."""
+    stage = record.tags.get("usam.stage")
+    if stage is None:
+        return 1, [record.params.get("seed", "?")]
+    same = {k: v for k, v in record.params.items() if not k.startswith(PLACEMENT)}
+    runs = record.client.search_runs([record.run.info.experiment_id],
+                                     f"tags.`usam.stage` = '{stage}' and attributes.status = 'FINISHED'", max_results=1000)
+    twins = [r for r in runs if {k: v for k, v in r.data.params.items() if not k.startswith(PLACEMENT)} == same]
+    twins = twins or [record.run]
+    return len(twins), sorted({r.data.params.get("seed", "?") for r in twins})
+
+
+# ---- the audit -------------------------------------------------------------------------------------------------------
+
+CHECKS: tuple[tuple[str, Callable[[RunRecord, Path], Check]], ...] = (
+    ("code", check_code),
+    ("data", check_data),
+    ("params", check_params),
+    ("seeds", check_seeds),
+    ("environment", check_environment),
+    ("determinism", check_determinism),
+    ("checkpoint", check_checkpoint),
+    ("completeness", check_completeness),
+)
+
+
+def audit(ref: str, cfg: Config, root: Path) -> Report:
+    """Audit run ``ref`` (id, name or ``latest``) of the store ``cfg.tracking`` points at, against project ``root``."""
+    from usam.track import client_for, tracking_uri
+
+    root = Path(root).resolve()
+    uri = provenance.redact(tracking_uri(cfg, root))
+    client = client_for(cfg, root)
+    try:
+        run = find_run(client, ref, uri)
+    except UsamError:
+        raise
+    except Exception as exc:
+        raise UsamError(f"cannot read the MLflow tracking store: {_first_line(exc)}", where=uri,
+                        fix="check tracking.uri (and that the server is up)") from None
+    record = load_record(client, run)
+    experiment = client.get_experiment(run.info.experiment_id)
+    return Report(
+        run_id=run.info.run_id, run_name=run.info.run_name or "", run_status=run.info.status,
+        experiment=experiment.name if experiment else run.info.experiment_id, tracking_uri=uri, root=str(root),
+        created=time.strftime("%Y-%m-%d %H:%M:%S"), checks=tuple(_guarded(name, fn, record, root) for name, fn in CHECKS),
+    )
+
+
+def _guarded(name: str, fn: Callable[[RunRecord, Path], Check], record: RunRecord, root: Path) -> Check:
+    """Run one check; anything unexpected becomes a WARN naming the error, never a traceback."""
+    try:
+        return fn(record, root)
+    except Exception as exc:
+        return Check(name, WARN, f"could not be checked: {type(exc).__name__}: {_first_line(exc)}")
+
+
+# ---- small helpers ---------------------------------------------------------------------------------------------------
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """stdout of ``git args`` in ``root``, or None when git fails or is missing."""
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _short(digest: str) -> str:
+    return digest[:12] + (".dir" if digest.endswith(".dir") else "")
+
+
+def _listing(items: list[str]) -> str:
+    return ", ".join(items[:SHOWN]) + _more(items)
+
+
+def _more(items: list) -> str:
+    return f" (and {len(items) - SHOWN} more)" if len(items) > SHOWN else ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
