@@ -134,6 +134,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from usam.tune.runner import ablate, sweep
+
+    run = sweep if args.command == "sweep" else ablate
+    table = run(args.spec, overrides=args.overrides, address=args.address, resume=args.resume)
+    return 0 if (table["status"] != "failed").any() else 1
+
+
 def cmd_sample(args) -> int:
     import dataclasses
     import time
@@ -312,6 +320,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--params", metavar="FILE", help="read this composed config instead of the tree")
     _add_overrides(train)
     train.set_defaults(fn=cmd_train)
+
+    for name, what, example in (
+        ("sweep", "hyperparameter sweep on Ray Tune (Optuna TPE / CMA-ES, random or grid; ASHA)", "sweeps/lr_wd.yaml"),
+        ("ablate", "ablation grid (variants x datasets x seeds) on Ray Tune, with statistics", "ablations/components.yaml"),
+    ):
+        study = sub.add_parser(
+            name, help=what,
+            description=f"Run a {what}. Every trial is a real training run, nested under one MLflow parent run;\n"
+            "the trial table, best config and report land in outputs/studies/<study>/ and on the parent run.\n"
+            f"Examples:\n  usam {name} {example}\n  usam {name} {example} --address auto      # on a running Ray cluster\n"
+            f"  usam {name} {example} --resume latest    # continue the last interrupted {name}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        study.add_argument("spec", type=Path, help="the spec file (see sweeps/README.md and ablations/README.md)")
+        study.add_argument("--address", help="join this Ray cluster, e.g. auto or ray://head:10001")
+        study.add_argument("--resume", metavar="RUN_ID", nargs="?", const="latest",
+                           help="continue an interrupted study: its parent run id or name (default: the latest)")
+        _add_overrides(study)
+        study.set_defaults(fn=cmd_study)
 
     sample = sub.add_parser(
         "sample", help="generate videos with a trained USAM model (GIF, MP4 and PNG grid, logged to its run)",

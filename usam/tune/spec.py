@@ -152,6 +152,8 @@ def load_sweep(path: Path) -> SweepSpec:
 
 def _as_override(value: Any) -> str:
     """A YAML value as the text of a Hydra override (lists and booleans in override syntax)."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
@@ -238,7 +240,7 @@ def load_ablation(path: Path) -> AblationSpec:
             try:
                 from usam.config import compose
 
-                compose([*variant.overrides, f"data.name={dataset}"])
+                compose([*reference.overrides, *variant.overrides, f"data.name={dataset}"])
             except ConfigError as exc:
                 raise ConfigError(f"variant {variant.name!r} on {dataset} does not compose: {exc.what}",
                                   where=str(path), fix="fix the variant's overrides (try them with `usam config show`)") from None
