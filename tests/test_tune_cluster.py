@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -89,10 +90,11 @@ def _free_port() -> int:
 
 def test_a_sweep_submitted_with_ray_job_submit_to_a_loopback_head(project: Path):
     """`ray start --head --block` in its own session and temp dir (so no other Ray on this machine finds it),
-    then `ray job submit` of `usam sweep ... --address auto`."""
+    with token authentication, then `ray job submit` of `usam sweep ... --address auto`."""
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     port, dash = _free_port(), _free_port()
-    env = venv_env(PYTHONPATH=str(REPO), RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
+    # Ray's token authentication, as on a real cluster: the head and every client share the token
+    env = venv_env(PYTHONPATH=str(REPO), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
