@@ -121,3 +121,37 @@ def test_verdicts_across_datasets():
     assert verdict({"digits": up, "shapes": flat}) == "fragile"
     assert verdict({"digits": flat, "shapes": flat}) == "no effect"
     assert verdict({"digits": welch([1.0], [2.0, 3.0])}) == "too few seeds"
+
+
+def test_each_searcher_and_dimension_becomes_its_tune_counterpart(tmp_path):
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from usam.tune.runner import _budget, _repeatable, _tune_config, param_space, trial_overrides
+
+    space = {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 3e-4},
+             "train.grad_clip": {"type": "uniform", "low": 1.0, "high": 5.0},
+             "train.warmup_steps": {"type": "int", "low": 10, "high": 20},
+             "model.attention": {"type": "choice", "values": ["block_causal", "sparse"]}}
+    spec = load_sweep(_write(tmp_path, {**BASE, "space": space, "searcher": "optuna", "epochs": 6, "seeds": [3, 4],
+                                        "scheduler": {"name": "asha", "grace_period": 2}, "resources": {"cpus": 2}}))
+    tune_space = param_space("sweep", spec)
+    assert set(tune_space) == set(space)  # adaptive searchers do not search the seed
+    assert (tune_space["train.lr"].lower, tune_space["train.lr"].upper) == (1e-4, 3e-4)
+    assert (tune_space["train.warmup_steps"].lower, tune_space["train.warmup_steps"].upper) == (10, 21)
+    assert tune_space["model.attention"].categories == ["block_causal", "sparse"]
+    config = _tune_config("sweep", spec)
+    assert isinstance(config.search_alg, OptunaSearch) and isinstance(config.scheduler, ASHAScheduler)
+    assert config.num_samples == 4 and config.metric == "val_loss" and config.mode == "min"
+    assert _budget("sweep", spec) == ["train.epochs=6", "train.cpus_per_worker=1.75", "train.use_gpu=false"]
+    assert trial_overrides("sweep", 4, point={"train.lr": 2e-4, "seed": 9}) == ["train.lr=0.0002", "seed=4"]
+    assert _repeatable("sweep", spec)[0]
+    grid = load_sweep(_write(tmp_path, {**BASE, "space": {"train.lr": {"type": "grid", "values": [1e-4, 2e-4]}},
+                                        "searcher": "grid", "seeds": [0, 1], "max_concurrent_trials": 2}))
+    assert param_space("sweep", grid)["seed"] == {"grid_search": [0, 1]} and _tune_config("sweep", grid).num_samples == 1
+    rand = load_sweep(_write(tmp_path, {**BASE, "searcher": "random", "max_concurrent_trials": 2}))
+    assert isinstance(_tune_config("sweep", rand).search_alg, BasicVariantGenerator)
+    tpe = load_sweep(_write(tmp_path, {**BASE, "searcher": "optuna", "max_concurrent_trials": 2}))
+    repeatable, why = _repeatable("sweep", tpe)
+    assert not repeatable and "2 concurrent trials" in why

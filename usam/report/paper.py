@@ -1,0 +1,337 @@
+"""The paper-style report (`usam report`, DVC stage `report`): reports/paper.md and a self-contained
+reports/paper.html.
+
+Sections: the comparison table, sample grids and animations with samples-vs-real strips, training
+curves, dataset cards, the hyperparameter searches (the shipped spaces, and every sweep or ablation
+found in outputs/studies/ with its trials, seeds and best result), and a reproducibility checklist:
+the audit verdict of every model's training run next to the checklist items it answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+COMPARISON = [("fid_domain", "FID-domain ↓", 1), ("fvd_domain", "FVD-domain ↓", 1), ("class_acc", "class acc ↑", 2),
+              ("warping_error", "warping error ↓", 4), ("latency_s_batch1", "latency b1 (s) ↓", 3),
+              ("parameters", "params", 0), ("train_seconds", "train (s)", 0)]
+
+
+@dataclass
+class Section:
+    title: str
+    markdown: list[str] = field(default_factory=list)
+    images: list[tuple[str, bytes, str]] = field(default_factory=list)  # (caption, bytes, mime)
+
+
+# ---- sections -----------------------------------------------------------------------------------------------------
+
+
+def comparison(root: Path) -> Section:
+    section = Section("USAM against the baselines")
+    path = root / "reports" / "comparison.csv"
+    if not path.is_file():
+        section.markdown.append("No comparison table yet: run `dvc repro table`.")
+        return section
+    table = pd.read_csv(path)
+    rows = [{"model": r["model"], "dataset": r["dataset"], "seeds": r["seeds"],
+             **{title: _number(r.get(key), r.get(f"{key}_std"), digits) for key, title, digits in COMPARISON}}
+            for _, r in table.iterrows()]
+    section.markdown += [_markdown_table(pd.DataFrame(rows)), "",
+                         "Domain metrics use the project's own evaluators (see `reports/comparison.md` for every "
+                         "column, transfer scores and per-run reproducibility notes)."]
+    return section
+
+
+def samples(root: Path) -> Section:
+    section = Section("Samples")
+    for grid in sorted((root / "models").glob("**/samples/samples.png")):
+        name = "/".join(grid.relative_to(root / "models").parts[:-2])
+        section.images.append((f"{name}: one row per class", grid.read_bytes(), "image/png"))
+        gif = grid.with_suffix(".gif")
+        if gif.is_file():
+            section.images.append((f"{name}: animated", gif.read_bytes(), "image/gif"))
+    for strip in sorted((root / "eval").glob("*/*/samples_vs_real.png")):
+        section.images.append((f"{strip.parent.parent.name}/{strip.parent.name}: samples vs real", strip.read_bytes(),
+                               "image/png"))
+    if not section.images:
+        section.markdown.append("No sample grids yet: run `dvc repro`.")
+    return section
+
+
+def curves(root: Path) -> Section:
+    section = Section("Training curves")
+    files = sorted((root / "reports" / "curves").glob("*.csv"))
+    if not files:
+        section.markdown.append("No training curves yet: run `dvc repro table`.")
+        return section
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for path in files:
+        frame = pd.read_csv(path)
+        if {"step", "train_loss"} <= set(frame.columns):
+            ax.plot(frame["step"], frame["train_loss"], label=path.stem)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    section.images.append(("training loss per model (from the MLflow runs)", _png(fig), "image/png"))
+    return section
+
+
+def datasets(root: Path, names: list[str]) -> Section:
+    section = Section("Datasets")
+    for name in names:
+        card = root / "data" / "raw" / name / "CARD.md"
+        section.markdown += [_demote(card.read_text().strip()) if card.is_file() else f"`{name}`: no card (run `dvc repro`).", ""]
+    return section
+
+
+def searches(root: Path) -> Section:
+    """The shipped search spaces, and every study run in this project."""
+    section = Section("Hyperparameter searches and ablations")
+    for spec in sorted((root / "sweeps").glob("*.yaml")):
+        body = yaml.safe_load(spec.read_text()) or {}
+        space = ", ".join(f"`{k}` {_range(v)}" for k, v in (body.get("space") or {}).items())
+        section.markdown.append(f"- `sweeps/{spec.name}` ({body.get('task')}): {space}; searcher "
+                                f"{body.get('searcher', 'random')}, scheduler {(body.get('scheduler') or {}).get('name', 'none')}, "
+                                f"{body.get('trials')} trials, seeds {body.get('seeds', [0])}, metric {body.get('metric', 'val_loss')}")
+    for spec in sorted((root / "ablations").glob("*.yaml")):
+        body = yaml.safe_load(spec.read_text()) or {}
+        section.markdown.append(f"- `ablations/{spec.name}` ({body.get('task')}): {len(body.get('variants') or {})} variants "
+                                f"x datasets {body.get('datasets')} x seeds {body.get('seeds')}, metric {body.get('metric')}")
+    studies = sorted(p for p in (root / "outputs" / "studies").glob("*/trials.csv"))
+    section.markdown.append("")
+    if not studies:
+        section.markdown.append("No sweep or ablation has been run in this project yet (`usam sweep sweeps/lr_wd.yaml`, "
+                                "`usam ablate ablations/components.yaml`); their tables join this report when they have.")
+    for trials in studies:
+        folder = trials.parent
+        table = pd.read_csv(trials)
+        best = yaml.safe_load((folder / "best.yaml").read_text()) if (folder / "best.yaml").is_file() else None
+        counts = ", ".join(f"{n} {s}" for s, n in table["status"].value_counts().items())
+        line = f"**{folder.name}**: {len(table)} trials ({counts})"
+        if best:
+            line += f"; best {best['metric']} = {best['value']:.4g} with " + ", ".join(f"`{k}={v}`" for k, v in best["config"].items())
+        section.markdown += [line, ""]
+        summary = folder / "summary.csv"
+        if summary.is_file():
+            section.markdown += [_markdown_table(pd.read_csv(summary)), ""]
+    return section
+
+
+CHECKLIST = [
+    ("Code release", "code", "the commit every run was trained from, and whether its tree was clean"),
+    ("Data clarity", "data", "every split's content hash, the DVC lock, the dataset cards above"),
+    ("Software versions", "environment", "`environment.lock` (hash-pinned), recorded per run"),
+    ("Execution steps", "params", "`dvc repro` on `params.yaml`; each run's config hash"),
+    ("Random seeds", "seeds", "`seed`, `data.seed` and the derived per-rank/DataLoader seeds"),
+    ("Determinism", "determinism", "deterministic algorithms on, TF32 off, recorded flags"),
+    ("Checkpoints", "checkpoint", "sha256 of every exported weights file"),
+    ("Hardware, compute, parameters", "completeness", "hardware tags, training seconds, parameter counts"),
+]
+
+
+def reproducibility(root: Path, cfg, audit_runs: bool = True) -> Section:
+    """The audit of every model's training run (from the stage metrics), as a run x check matrix."""
+    section = Section("Reproducibility checklist")
+    runs = _model_runs(root)
+    verdicts: dict[str, dict[str, str]] = {}
+    if audit_runs:
+        from usam.repro.audit import audit
+
+        for label, run_id in runs.items():
+            try:
+                report = audit(run_id, cfg, root)
+            except Exception as exc:  # a run the store no longer has: say so in its row
+                verdicts[label] = {"overall": f"not audited ({type(exc).__name__})"}
+                continue
+            verdicts[label] = {c.name: c.status for c in report.checks} | {"overall": report.status}
+    section.markdown += ["| item | audit check | what answers it |", "|---|---|---|"]
+    section.markdown += [f"| {item} | `{check}` | {what} |" for item, check, what in CHECKLIST]
+    section.markdown.append("")
+    if verdicts:
+        checks = sorted({k for v in verdicts.values() for k in v} - {"overall"})
+        frame = pd.DataFrame([{"run": label, "overall": v.get("overall", ""), **{c: v.get(c, "") for c in checks}}
+                              for label, v in verdicts.items()])
+        section.markdown += [_markdown_table(frame), "",
+                             "`usam audit <run>` prints each verdict with its evidence. Runs made by `dvc repro` see a "
+                             "tree that `dvc repro` itself changes (dvc.lock, metrics), which the code check reports "
+                             "as a warning, not a failure."]
+    elif not runs:
+        section.markdown.append("No trained models yet: run `dvc repro`.")
+    return section
+
+
+def _model_runs(root: Path) -> dict[str, str]:
+    """label -> MLflow run id of every training stage's run, read from the stage metrics files."""
+    runs = {}
+    for path in sorted((root / "metrics").glob("**/*.json")):
+        if path.relative_to(root / "metrics").parts[0] == "eval":  # scores, not training runs
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:
+            continue
+        for key, value in _run_ids(record):
+            label = str(path.relative_to(root / "metrics").with_suffix("")) + (f"/{key}" if key else "")
+            runs[label] = value
+    return runs
+
+
+def _run_ids(record: dict) -> list[tuple[str, str]]:
+    if isinstance(record.get("mlflow_run_id"), str):
+        return [("", record["mlflow_run_id"])]
+    return [(k, v["mlflow_run_id"]) for k, v in record.items() if isinstance(v, dict) and isinstance(v.get("mlflow_run_id"), str)]
+
+
+# ---- writing ------------------------------------------------------------------------------------------------------
+
+
+def build(root: Path, cfg, *, audit_runs: bool = True) -> list[Section]:
+    return [comparison(root), samples(root), curves(root), datasets(root, list(cfg.data.build)), searches(root),
+            reproducibility(root, cfg, audit_runs)]
+
+
+def write(root: Path, cfg, *, audit_runs: bool = True) -> tuple[Path, Path]:
+    """reports/paper.md (pictures as files beside it in reports/paper_files/) and reports/paper.html."""
+    sections = build(root, cfg, audit_runs=audit_runs)
+    out = root / "reports"
+    files = out / "paper_files"
+    files.mkdir(parents=True, exist_ok=True)
+    md = ["# USAM Lab: the paper report", "",
+          "Generated by `usam report` (DVC stage `report`) from this project's outputs and tracking store.", ""]
+    for section in sections:
+        md += [f"## {section.title}", "", *section.markdown, ""]
+        for i, (caption, data, mime) in enumerate(section.images):
+            name = f"{_slug(section.title)}_{i:02d}.{mime.split('/')[1]}"
+            (files / name).write_bytes(data)
+            md += [f"![{caption}](paper_files/{name})", ""]
+    (out / "paper.md").write_text("\n".join(md))
+    (out / "paper.html").write_text(_html(sections))
+    return out / "paper.md", out / "paper.html"
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------------
+
+
+def _number(value, std, digits: int) -> str:
+    if value is None or pd.isna(value):
+        return "–"
+    text = f"{value:,.{digits}f}"
+    return text + (f" ± {std:.{max(digits, 1)}f}" if std is not None and not pd.isna(std) and std > 0 else "")
+
+
+def _range(dim: dict) -> str:
+    if dim.get("values") is not None:
+        return f"{dim.get('type')} {dim['values']}"
+    return f"{dim.get('type')} [{dim.get('low')}, {dim.get('high')}]"
+
+
+def _demote(markdown: str) -> str:
+    """A card's headings one level down, under this report's section."""
+    return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", markdown, flags=re.MULTILINE)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "" if pd.isna(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _html(sections: list[Section]) -> str:
+    body = ["<h1>USAM Lab: the paper report</h1>",
+            "<p class='lead'>Generated by <code>usam report</code> (DVC stage <code>report</code>) from this project's "
+            "outputs and tracking store.</p>"]
+    toc = "".join(f"<li><a href='#{_slug(s.title)}'>{html.escape(s.title)}</a></li>" for s in sections)
+    body.append(f"<nav><ol>{toc}</ol></nav>")
+    for section in sections:
+        body.append(f"<section id='{_slug(section.title)}'><h2>{html.escape(section.title)}</h2>")
+        body.append(_markdown_html(section.markdown))
+        body.append("<div class='figures'>" + "".join(
+            f"<figure><img alt='{html.escape(c)}' src='data:{mime};base64,{base64.b64encode(d).decode()}'>"
+            f"<figcaption>{html.escape(c)}</figcaption></figure>" for c, d, mime in section.images) + "</div></section>")
+    style = ("body{font-family:system-ui,-apple-system,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;"
+             "line-height:1.45}h1{border-bottom:3px solid #4c72b0}h2{margin-top:2em;border-bottom:1px solid #ddd}"
+             "table{border-collapse:collapse;font-size:13px;margin:.8em 0}td,th{border:1px solid #ccc;padding:3px 8px}"
+             "th{background:#eef2f8}tr:nth-child(even) td{background:#fafafa}figure{display:inline-block;margin:.6em;"
+             "vertical-align:top}img{max-width:540px;image-rendering:pixelated;border:1px solid #eee}"
+             "figcaption{font-size:12px;color:#555}.PASS{color:#1a7f37;font-weight:600}.WARN{color:#9a6700;"
+             "font-weight:600}.FAIL{color:#cf222e;font-weight:600}nav ol{columns:2}.lead{color:#555}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>USAM Lab: the paper report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+    return re.sub(r"\b(PASS|WARN|FAIL)\b", r"<span class='\1'>\1</span>", out)
+
+
+def _markdown_html(lines: list[str]) -> str:
+    """The few Markdown forms the sections use: tables, bullets, headings, paragraphs."""
+    out, rows, items = [], [], []
+
+    def flush():
+        if rows:
+            head, *rest = rows
+            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rest)
+                       + "</table>")
+            rows.clear()
+        if items:
+            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+            items.clear()
+
+    for block in lines:
+        for line in block.splitlines() or [""]:
+            if line.startswith("|"):
+                if not re.match(r"^\|(\s*:?-+:?\s*\|)+$", line):
+                    rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+                continue
+            if line.startswith("- "):
+                items.append(line[2:])
+                continue
+            flush()
+            heading = re.match(r"^(#{1,6}) (.+)", line)
+            if heading:
+                level = min(len(heading.group(1)) + 1, 6)
+                out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+            elif line.strip():
+                out.append(f"<p>{_inline(line)}</p>")
+    flush()
+    return "".join(out)
