@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from usam.config import Config, config_hash, flatten, load_params, to_dict
 from usam.errors import UsamError
 from usam.track import provenance
@@ -222,11 +224,15 @@ def _is_managed(path: str, managed: set[str]) -> bool:
 
 
 def check_data(record: RunRecord, root: Path) -> Check:
-    """Every recorded ``dvc.out.<path>`` md5 equals ``dvc.lock`` now and DVC's hash of the workspace."""
+    """Every DVC output the run consumed (its recorded ``dvc.out.<path>`` md5) equals ``dvc.lock`` now and DVC's
+    hash of the workspace. Outputs the run did not read (its own, and later stages') are not its data."""
     recorded = {k[len("dvc.out."):]: v for k, v in record.tags.items() if k.startswith("dvc.out.")}
     if not recorded:
         return Check("data", WARN, "no dvc.out.* tags: there was no dvc.lock when the run started, "
                                    "so its data is not identified by DVC hashes")
+    recorded = _consumed(recorded, record, root)
+    if not recorded:
+        return Check("data", WARN, "none of the recorded DVC outputs is an input of the run's stage")
     lock = {_tag_path(path): (path, md5) for stage in provenance.dvc_lock_entries(root)["stages"].values()
             for path, md5 in stage["outs"].items()}
     present = {key: lock[key][0] for key in recorded if key in lock}
@@ -253,6 +259,28 @@ def check_data(record: RunRecord, root: Path) -> Check:
     some = next(iter(sorted(present.values())))
     return Check("data", PASS, f"all {len(recorded)} recorded DVC outputs equal dvc.lock and the workspace "
                                f"(e.g. {some} {_short(recorded[_tag_path(some)])})")
+
+
+def _consumed(recorded: dict[str, str], record: RunRecord, root: Path) -> dict[str, str]:
+    """The recorded outs the run read: those inside (or holding) a dependency of the dvc.lock stage that ran
+    its command; for a run made outside the pipeline, the outs under the data root."""
+    script = _pipeline_stage(record.tags.get("usam.command", ""), root)
+    deps = None
+    if script:
+        module, _, args = record.tags["usam.command"].partition(" ")
+        wanted = f"-m pipelines.{Path(module).stem} {args}".strip()
+        try:
+            stages = (yaml.safe_load((root / "dvc.lock").read_text()) or {}).get("stages", {})
+        except (OSError, yaml.YAMLError):
+            stages = {}
+        for entry in stages.values():
+            if str(entry.get("cmd", "")).endswith(wanted):
+                deps = [_tag_path(d["path"]) for d in entry.get("deps", [])]
+    if deps is None:
+        data_root = (record.params.get("data.root") or "data").rstrip("/")
+        deps = [_tag_path(data_root)]
+    return {key: md5 for key, md5 in recorded.items()
+            if any(key == d or key.startswith(d + "/") or d.startswith(key + "/") for d in deps)}
 
 
 def _tag_path(path: str) -> str:
