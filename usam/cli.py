@@ -142,6 +142,16 @@ def cmd_study(args) -> int:
     return 0 if (table["status"] != "failed").any() else 1
 
 
+def cmd_report(args) -> int:
+    from usam.paths import find_project_root
+    from usam.report.paper import write
+
+    root = find_project_root()
+    for path in write(root, _config(args), audit_runs=not args.no_audit):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_sample(args) -> int:
     import dataclasses
     import time
@@ -382,6 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--params", metavar="FILE")
     _add_overrides(sample)
     sample.set_defaults(fn=cmd_sample)
+
+    report = sub.add_parser(
+        "report", help="the paper-style report (Markdown + self-contained HTML) in reports/ (also the DVC stage)",
+        description="Write reports/paper.md and reports/paper.html: the comparison table, samples, training curves,\n"
+        "dataset cards, sweeps and ablations, and the audit of every model's training run.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("--no-audit", action="store_true", help="leave the reproducibility audits out (faster)")
+    report.add_argument("--params", metavar="FILE", help="read this composed config instead of the tree (e.g. params.yaml)")
+    _add_overrides(report)
+    report.set_defaults(fn=cmd_report)
 
     ui = sub.add_parser("ui", help="open the MLflow UI over the configured store")
     ui.add_argument("--host", default="127.0.0.1")
