@@ -106,7 +106,9 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
+    # the dashboard lets Ray Train clean up after a trial that ASHA stops (see usam.tune.runner._start_ray)
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=256 * 2**20,
+             log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="sweepbench") as tmp:
         root = Path(tmp)
         _project(root)

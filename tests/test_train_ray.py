@@ -23,6 +23,7 @@ SMALL_RUN = [
     "data.name=bouncing_shapes", "evaluator.clip.width=8", "evaluator.train.batch_size=4",
     "evaluator.train.epochs=2", "evaluator.train.max_steps=8", "evaluator.train.warmup_steps=2",
     "evaluator.train.checkpoint_every=3", "evaluator.train.log_every=2", "evaluator.train.max_failures=1",
+    "evaluator.train.cpus_per_worker=1", "evaluator.train.threads_per_worker=1", "evaluator.train.precision=fp32",
 ]
 
 

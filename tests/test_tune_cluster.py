@@ -31,6 +31,20 @@ pytestmark = pytest.mark.slow
 EVAL = [o for o in TINY if o.startswith(("data.", "evaluator."))]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_ray_address():
+    """Joining a cluster sets RAY_ADDRESS in this process; later tests in the same worker must not inherit it."""
+    saved = os.environ.get("RAY_ADDRESS")
+    yield
+    import ray
+
+    ray.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_ADDRESS", None)
+    else:
+        os.environ["RAY_ADDRESS"] = saved
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cluster")
@@ -63,8 +77,12 @@ def test_a_sweep_runs_on_a_two_node_cluster(project: Path):
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 128 * 2**20})
-    cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20)
+    # its own temp dir: a cluster recorded in the default one is what every address-less ray.init() on this
+    # machine would join (other tests run beside this one)
+    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 128 * 2**20,
+                                                            "temp_dir": temp})
+    cluster.add_node(num_cpus=1, object_store_memory=128 * 2**20, temp_dir=temp)
     cluster.wait_for_nodes()
     try:
         table = sweep(project / "sweeps" / "two.yaml", root=project, address=cluster.address, progress=False)
@@ -74,6 +92,8 @@ def test_a_sweep_runs_on_a_two_node_cluster(project: Path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)  # set by joining the cluster; it is gone now
+        shutil.rmtree(temp, ignore_errors=True)
     assert len(table) == 2 and set(table["status"]) == {"completed"}
     assert sorted(table["evaluator.train.lr"].astype(float)) == [0.001, 0.003]
     study = sorted((project / "outputs" / "studies").iterdir(), key=lambda p: p.stat().st_mtime)[-1].name
@@ -95,6 +115,7 @@ def test_a_sweep_submitted_with_ray_job_submit_to_a_loopback_head(project: Path)
     port, dash = _free_port(), _free_port()
     # Ray's token authentication, as on a real cluster: the head and every client share the token
     env = venv_env(PYTHONPATH=str(REPO), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
@@ -112,8 +133,12 @@ def test_a_sweep_submitted_with_ray_job_submit_to_a_loopback_head(project: Path)
         else:
             pytest.fail(f"the loopback head never answered on {address}")
         entry = f"cd {project} && {sys.executable} -m usam.cli sweep sweeps/two.yaml --address auto"
-        job = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "bash", "-c", entry],
-                             capture_output=True, text=True, env=env, timeout=600)
+        for _ in range(30):  # the dashboard answers before the node's job agent is ready to take a job
+            job = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "bash", "-c", entry],
+                                 capture_output=True, text=True, env=env, timeout=600)
+            if "No available agent" not in job.stdout + job.stderr:
+                break
+            time.sleep(3)
         assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-4000:] + job.stderr[-2000:]
     finally:
         os.killpg(head.pid, signal.SIGTERM)

@@ -79,7 +79,7 @@ def _run(kind: str, spec_path: Path, spec, extra: list[str], address: str | None
     import ray
     from ray import tune
 
-    from usam.train.trainer import _storage, check_resources, ensure_ray
+    from usam.train.trainer import _storage, check_resources
 
     root = (root or find_project_root()).resolve()
     base_overrides = [*spec_overrides(spec), *extra]
@@ -98,7 +98,7 @@ def _run(kind: str, spec_path: Path, spec, extra: list[str], address: str | None
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # mid-epoch checkpoints carry no val metric
-    ensure_ray(dataclasses.replace(base, ray=dataclasses.replace(base.ray, address=address)) if address else base)
+    _start_ray(dataclasses.replace(base, ray=dataclasses.replace(base.ray, address=address)) if address else base)
     free = {k: v - TRIAL_CPU if k == "CPU" else v for k, v in ray.cluster_resources().items()}
     check_resources(recipe(probe, spec.task), free)
 
@@ -127,6 +127,39 @@ def _run(kind: str, spec_path: Path, spec, extra: list[str], address: str | None
         from usam.tune.results import write_study
 
         return write_study(study, spec, grid, parent, client)
+
+
+def _start_ray(cfg: Config) -> None:
+    """Join ``ray.address``, or start a local instance with the dashboard: a trial that ASHA stops is killed,
+    and Ray Train's placement-group cleaner learns of its dead controller through the dashboard's state API
+    (without it the stopped trial's CPUs stay reserved and the next trial waits forever)."""
+    import ray
+
+    from usam.train.trainer import ensure_ray
+
+    if ray.is_initialized():
+        return
+    if cfg.ray.address:
+        _answers(cfg.ray.address)
+        ensure_ray(cfg)
+        return
+    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             object_store_memory=cfg.ray.object_store_mb * 2**20, log_to_driver=True)
+
+
+def _answers(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds when nothing listens at a ``host:port`` cluster address (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # `auto` and other forms are Ray's to resolve
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsamError(f"cannot join the Ray cluster at {address!r}: nothing answers ({exc.strerror or exc})",
+                        where="--address / ray.address",
+                        fix="start the cluster (`ray start --head`) or fix the address; leave it out for a local Ray") from None
 
 
 def _label(spec_path: Path, root: Path) -> str:
@@ -209,8 +242,9 @@ def _tune_config(kind: str, spec):
     if spec.scheduler.name == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
+        # stop_last_trials=False: a trial that reaches the budget ends on its own and sends its closing report
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.epochs, grace_period=spec.scheduler.grace_period,
-                                  reduction_factor=spec.scheduler.reduction_factor)
+                                  reduction_factor=spec.scheduler.reduction_factor, stop_last_trials=False)
     return tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search_alg, scheduler=scheduler,
                            num_samples=1 if spec.searcher == "grid" else spec.trials,
                            max_concurrent_trials=spec.max_concurrent_trials)
