@@ -12,6 +12,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
+# An address-less ray.init() joins any Ray cluster it finds running on the machine; tests run side by side
+# (some start clusters), so each test process and the commands it runs start their own local Ray.
+os.environ.setdefault("RAY_ADDRESS", "local")
+
 # Small enough for seconds on 2 cores, large enough to exercise every code path.
 TINY = [
     "data.num_videos.train=12",

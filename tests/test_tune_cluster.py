@@ -92,7 +92,7 @@ def test_a_sweep_runs_on_a_two_node_cluster(project: Path):
     finally:
         ray.shutdown()
         cluster.shutdown()
-        os.environ.pop("RAY_ADDRESS", None)  # set by joining the cluster; it is gone now
+        os.environ["RAY_ADDRESS"] = "local"  # joining the cluster set it to the cluster, which is gone now
         shutil.rmtree(temp, ignore_errors=True)
     assert len(table) == 2 and set(table["status"]) == {"completed"}
     assert sorted(table["evaluator.train.lr"].astype(float)) == [0.001, 0.003]
