@@ -112,13 +112,14 @@ def test_a_sweep_submitted_with_ray_job_submit_to_a_loopback_head(project: Path)
     """`ray start --head --block` in its own session and temp dir (so no other Ray on this machine finds it),
     with token authentication, then `ray job submit` of `usam sweep ... --address auto`."""
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()  # other Rays here hold the default agent port
     # Ray's token authentication, as on a real cluster: the head and every client share the token
     env = venv_env(PYTHONPATH=str(REPO), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--dashboard-agent-listen-port={agent}",
          f"--temp-dir={temp}", "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
@@ -133,7 +134,7 @@ def test_a_sweep_submitted_with_ray_job_submit_to_a_loopback_head(project: Path)
         else:
             pytest.fail(f"the loopback head never answered on {address}")
         entry = f"cd {project} && {sys.executable} -m usam.cli sweep sweeps/two.yaml --address auto"
-        for _ in range(30):  # the dashboard answers before the node's job agent is ready to take a job
+        for _ in range(20):  # the dashboard answers before the node's job agent is ready to take a job
             job = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "bash", "-c", entry],
                                  capture_output=True, text=True, env=env, timeout=600)
             if "No available agent" not in job.stdout + job.stderr:
