@@ -9,6 +9,7 @@ from usam.config.compose import (
     to_yaml,
     write_params,
 )
-from usam.config.schema import Config
+from usam.config.schema import TRAIN_SECTIONS, Config, train_section
 
-__all__ = ["Config", "compose", "config_hash", "flatten", "load_params", "to_dict", "to_yaml", "write_params"]
+__all__ = ["TRAIN_SECTIONS", "Config", "compose", "config_hash", "flatten", "load_params", "to_dict", "to_yaml",
+           "train_section", "write_params"]

@@ -485,3 +485,13 @@ class Config:
             out.append("tokenizer.loss.perceptual.backend = 'lpips' needs eval.lpips_weights: point it at a local "
                        "torchvision AlexNet state dict (with eval.lpips_sha256), or use backend=auto/domain")
         return out
+
+
+TRAIN_SECTIONS = {"evaluator_frame": "evaluator.train", "evaluator_clip": "evaluator.train",
+                  "tokenizer": "tokenizer.train"}
+
+
+def train_section(task: str) -> str:
+    """The config section holding ``task``'s training recipe (what its ``train_cfg`` reads); ``train`` for
+    USAM and the baselines."""
+    return TRAIN_SECTIONS.get(task, "train")

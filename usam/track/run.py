@@ -231,12 +231,13 @@ def tracked_run(
 
 @contextlib.contextmanager
 def _terminate_on_exit(client, handle: TrackedRun) -> Iterator[None]:
-    """FINISHED on success, KILLED on Ctrl-C, FAILED otherwise; buffered metrics are sent first."""
+    """FINISHED on success, KILLED on Ctrl-C or a stop (a scheduler ending a trial), FAILED otherwise; buffered
+    metrics are sent first."""
     try:
         yield
     except BaseException as exc:
         handle.flush()
-        killed = isinstance(exc, (KeyboardInterrupt, Interrupted))
+        killed = isinstance(exc, (KeyboardInterrupt, SystemExit, Interrupted))  # SystemExit: Ray/Tune stopping us
         client.set_terminated(handle.run_id, status="KILLED" if killed else "FAILED")
         raise
     handle.flush()

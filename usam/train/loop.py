@@ -1,4 +1,4 @@
-"""The training loop every model runs, on each Ray Train worker.
+"""The training loop every model runs, on each Ray Train worker (or in this process, for one worker).
 
 One function, ``train_worker``, for every task: AdamW with decoupled weight decay, warmup
 then decay, gradient accumulation and clipping, autocast (bf16 on CPU too), EMA, and
@@ -15,6 +15,8 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,17 +72,94 @@ def _memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def train_worker(payload: dict) -> None:
-    """Ray Train entry point. ``payload``: config dict, task name, paths and the MLflow run to log to."""
-    import ray.train
-    import ray.train.torch
+class RayTrainSession:
+    """One worker of a Ray Train worker group: its rank, device, restored checkpoint and reports."""
 
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    @contextmanager
+    def restored(self) -> Iterator[Path | None]:
+        """The checkpoint to resume from, as a local folder (downloaded from remote storage if need be)."""
+        import ray.train
+
+        found = ray.train.get_checkpoint()
+        if found is None:
+            yield None
+            return
+        with found.as_directory() as folder:
+            yield Path(folder)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)  # moves to the device; DDP when world > 1
+
+    def report(self, metrics: dict, folder: Path) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+
+
+class LocalSession:
+    """The only worker, in this process: a Tune trial that needs no worker group (``tune=True``: every
+    report and checkpoint goes to Tune, which restores the last one when the study resumes), or a short
+    re-run with no Ray at all. Checkpoints are kept under ``folder`` (the last ``keep``); ``last`` is the
+    latest report and its checkpoint folder."""
+
+    rank, world = 0, 1
+
+    def __init__(self, device: torch.device, folder: Path, keep: int = 1, *, tune: bool = False,
+                 start: Path | None = None):
+        self.device, self.folder, self.keep, self.tune, self.start = device, Path(folder), max(keep, 1), tune, start
+        self.last: tuple[dict, Path] | None = None
+        # a resumed trial numbers on from the checkpoints its earlier attempt kept (the newest are kept)
+        self._count = max((int(p.name.rsplit("_", 1)[1]) for p in self.folder.glob("checkpoint_*")), default=0)
+
+    @contextmanager
+    def restored(self) -> Iterator[Path | None]:
+        found = None
+        if self.tune:
+            from ray import tune
+
+            found = tune.get_checkpoint()
+        if found is None:
+            yield self.start
+            return
+        with found.as_directory() as folder:
+            yield Path(folder)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def report(self, metrics: dict, folder: Path) -> None:
+        import shutil
+
+        self._count += 1
+        kept = self.folder / f"checkpoint_{self._count:06d}"
+        shutil.copytree(folder, kept, dirs_exist_ok=True)
+        for old in sorted(self.folder.glob("checkpoint_*"))[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        self.last = (metrics, kept)
+        if self.tune:
+            from ray import tune
+
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(kept)))
+
+
+def train_worker(payload: dict, session: RayTrainSession | LocalSession | None = None) -> None:
+    """Ray Train entry point (or, with a ``LocalSession``, the one worker in this process). ``payload``:
+    config dict, task name, paths and the MLflow run to log to (none: nothing is logged)."""
     cfg: Config = build(Config, payload["config"], source="training payload")
     task = make_task(payload["task"], cfg, Path(payload["data_root"]), Path(payload["root"]))
     tcfg = task.train_cfg
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    session = session or RayTrainSession()
+    rank, world, device = session.rank, session.world, session.device
     torch.set_num_threads(tcfg.threads_per_worker)
 
     seed_everything(cfg.seed, deterministic=tcfg.deterministic)  # same initial weights on every rank
@@ -101,10 +180,9 @@ def train_worker(payload: dict) -> None:
     ema = [p.detach().clone().float() for p in model.parameters()] if tcfg.ema_decay > 0 else None
     progress = Progress()
 
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as folder:
-            shared, local = ckpt.read(Path(folder), rank)
+    with session.restored() as restored:
+        shared, local = ckpt.read(restored, rank) if restored is not None else (None, None)
+    if shared is not None:
         model.load_state_dict(shared["model"])
         optimizer.load_state_dict(shared["optimizer"])
         scheduler.load_state_dict(shared["scheduler"])
@@ -115,10 +193,10 @@ def train_worker(payload: dict) -> None:
         if local is not None:
             ckpt.set_rng_state(local["rng"])
 
-    model = ray.train.torch.prepare_model(model)  # moves to device; DDP when world > 1
+    model = session.prepare(model)
     bare = model.module if hasattr(model, "module") else model
-    logger = _RankZeroLogger(payload, total_steps) if rank == 0 else None
-    if logger is not None and restored is None:
+    logger = _RankZeroLogger(payload, total_steps) if rank == 0 and payload.get("run_id") else None
+    if logger is not None and shared is None:
         from usam.models import parameter_count
 
         logger.run.set_tags({"model.parameters": parameter_count(bare)})
@@ -140,8 +218,7 @@ def train_worker(payload: dict) -> None:
             ckpt.write(Path(folder), rank, shared=shared, local=local)
             if logger is not None:
                 logger.flush()
-            ray.train.report({**metrics, "step": progress.step, "epoch": progress.epoch},
-                             checkpoint=ray.train.Checkpoint.from_directory(folder))
+            session.report({**metrics, "step": progress.step, "epoch": progress.epoch}, Path(folder))
 
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tcfg.precision)
     done = progress.step >= total_steps

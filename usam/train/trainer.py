@@ -13,6 +13,7 @@ import dataclasses
 import json
 import secrets
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class FitResult:
     weights_sha256: str
     metrics: dict
     train_seconds: float
-    checkpoint_path: str  # the last checkpoint Ray kept (every rank's part, with checksums)
+    checkpoint_path: str  # the last checkpoint kept (every rank's part, with checksums)
 
 
 def ensure_ray(cfg: Config) -> None:
@@ -84,14 +85,17 @@ def fit(
     resume_run_id: str | None = None,
     tags: dict | None = None,
     callbacks: list | None = None,
+    in_trial: str | None = None,
 ) -> FitResult:
     """Train ``task_name`` on ``cfg``; returns where the final weights are and what was measured.
 
-    ``tags`` go on the MLflow run; ``callbacks`` are Ray Train callbacks (a Tune trial passes
-    ``TuneReportCallback`` so every epoch's metrics reach the scheduler)."""
+    ``tags`` go on the MLflow run; ``callbacks`` are Ray Train callbacks. Inside a Tune trial,
+    ``in_trial="report"`` hands every epoch's metrics and checkpoint to Tune (so a scheduler can stop
+    the trial and a resumed study restores it) and ``in_trial="silent"`` keeps them from Tune (a
+    prerequisite trained by the trial). A one-worker recipe then trains in the trial's own process,
+    on the resources Tune gave the trial: no worker group to start. A larger one runs on Ray Train
+    as usual, reporting through ``TuneReportCallback``."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     if task_name not in TASKS:
         raise UsamError(f"unknown task {task_name!r}", where="usam train TASK", fix=f"use one of {', '.join(TASKS)}")
@@ -108,8 +112,10 @@ def fit(
             where=f"{task.name} on {cfg.data.name}",
             fix="lower the batch size, accumulation or worker count, or build more videos (data.num_videos.train)",
         )
-    ensure_ray(cfg)
-    check_resources(tcfg, ray.cluster_resources())
+    here = in_trial is not None and tcfg.workers == 1
+    if not here:
+        ensure_ray(cfg)
+        check_resources(tcfg, ray.cluster_resources())
 
     storage = _storage(cfg, root)
     if resume_run_id:
@@ -131,48 +137,81 @@ def fit(
             "fault_marker": str(Path(storage) / ray_name / ".fault-injected"),
             "nonfinite_marker": str(Path(storage) / ray_name / "nonfinite.json"),
         }
+        Path(payload["nonfinite_marker"]).parent.mkdir(parents=True, exist_ok=True)
         Path(payload["nonfinite_marker"]).unlink(missing_ok=True)  # a resumed run starts with a clean slate
-        resources = {"CPU": tcfg.cpus_per_worker, **({"GPU": 1} if tcfg.use_gpu else {})}
-        trainer = TorchTrainer(
-            _entry, train_loop_config=payload, torch_config=TorchConfig(backend=backend),
-            scaling_config=ScalingConfig(num_workers=tcfg.workers, use_gpu=tcfg.use_gpu, resources_per_worker=resources),
-            run_config=RunConfig(
-                name=ray_name, storage_path=storage, failure_config=FailureConfig(max_failures=tcfg.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints), callbacks=callbacks or [],
-            ),
-        )
-        start = time.perf_counter()
         resume_hint = f"`usam train {task_name} <same overrides> --resume {run.run_id}`"
+        where = f"Ray run {ray_name} under {storage}"
+        start = time.perf_counter()
         try:
-            result = trainer.fit()
+            if here:
+                metrics, checkpoint = _fit_here(payload, tcfg, Path(storage) / ray_name, report=in_trial == "report")
+            else:
+                if in_trial == "report":
+                    from ray.tune.integration.ray_train import TuneReportCallback
+
+                    callbacks = [*(callbacks or []), TuneReportCallback()]
+                metrics, checkpoint = _fit_on_ray_train(payload, tcfg, backend, ray_name, storage, callbacks or [])
         except (SystemExit, KeyboardInterrupt, ray.exceptions.RayActorError):
+            if here:  # Tune stops a trial (ASHA) by exiting it from inside its report: let Tune see that
+                raise
             # Ray answers Ctrl-C by aborting its train controller, then calls sys.exit(0) (a success code!)
             raise Interrupted(
-                "training was interrupted (Ctrl-C, or its Ray controller died)",
-                where=f"Ray run {ray_name} under {storage}",
+                "training was interrupted (Ctrl-C, or its Ray controller died)", where=where,
                 fix=f"continue from the last checkpoint with {resume_hint}",
             ) from None
+        except UsamError:
+            raise
         except Exception as exc:
             raise UsamError(
-                f"training failed after {tcfg.max_failures} restart(s): {_first_line(exc)}",
-                where=f"Ray run {ray_name} under {storage}",
+                f"training failed after {0 if here else tcfg.max_failures} restart(s): {_first_line(exc)}", where=where,
                 fix=f"read the worker log above; continue from the last checkpoint with {resume_hint}",
             ) from None
         seconds = time.perf_counter() - start
         nonfinite = Path(payload["nonfinite_marker"])
         if nonfinite.is_file():
-            last = result.checkpoint.path if result.checkpoint else "none"
+            last = getattr(checkpoint, "path", checkpoint) or "none"
             raise UsamError(
                 f"the loss became NaN/inf at step {json.loads(nonfinite.read_text())['step']}; training stopped",
                 where=f"run {run.run_id}; last good checkpoint: {last}",
                 fix="lower train.lr, raise train.warmup_steps, set train.grad_clip, or use precision=fp32",
             )
-        weights, sha, count = _export_final(result.checkpoint, out_dir, task)
-        metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        weights, sha, count = _export_final(checkpoint, out_dir, task)
+        metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         run.log_metrics({"train_seconds": seconds}, step=int(metrics.get("step", 0)))
         run.set_tags({"checkpoint.sha256": sha, "checkpoint.path": str(weights), "model.parameters": count})
         run.log_artifact(weights, "checkpoints")
-        return FitResult(run.run_id, ray_name, weights, sha, metrics, seconds, result.checkpoint.path)
+        return FitResult(run.run_id, ray_name, weights, sha, metrics, seconds, str(getattr(checkpoint, "path", checkpoint)))
+
+
+def _fit_on_ray_train(payload: dict, tcfg, backend: str, ray_name: str, storage: str,
+                      callbacks: list):
+    """``train_worker`` on a ``TorchTrainer`` worker group; (last report, the last checkpoint Ray kept)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = {"CPU": tcfg.cpus_per_worker, **({"GPU": 1} if tcfg.use_gpu else {})}
+    trainer = TorchTrainer(
+        _entry, train_loop_config=payload, torch_config=TorchConfig(backend=backend),
+        scaling_config=ScalingConfig(num_workers=tcfg.workers, use_gpu=tcfg.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=ray_name, storage_path=storage, failure_config=FailureConfig(max_failures=tcfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints), callbacks=callbacks,
+        ),
+    )
+    result = trainer.fit()
+    return result.metrics, result.checkpoint
+
+
+def _fit_here(payload: dict, tcfg, folder: Path, *, report: bool) -> tuple[dict, Path | None]:
+    """``train_worker`` in this process (a Tune trial's one worker); (last report, its checkpoint folder)."""
+    import torch
+
+    from usam.train.loop import LocalSession, train_worker
+
+    device = torch.device("cuda", 0) if tcfg.use_gpu else torch.device("cpu")
+    session = LocalSession(device, folder, tcfg.keep_checkpoints, tune=report)
+    train_worker(payload, session)
+    return session.last if session.last is not None else ({}, None)
 
 
 def _entry(payload: dict) -> None:
@@ -193,8 +232,8 @@ def _export_final(checkpoint, out_dir: Path, task) -> tuple[Path, str, int]:
 
     if checkpoint is None:
         raise UsamError("training reported no checkpoint", where="Ray result", fix="check train.epochs / max_steps")
-    with checkpoint.as_directory() as folder:
-        shared, _ = ckpt.read(Path(folder), 0)
+    with checkpoint.as_directory() if hasattr(checkpoint, "as_directory") else nullcontext(checkpoint) as folder:
+        shared, _ = ckpt.read(Path(folder), 0)  # a Ray checkpoint may live in remote storage
     out_dir.mkdir(parents=True, exist_ok=True)
     model = task.build_model()
     model.load_state_dict(shared["model"])

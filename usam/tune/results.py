@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from usam.report.markup import html_table
 from usam.tune.stats import mean_std, verdict, welch
 
 STATUS = {"TERMINATED": "completed", "ERROR": "failed"}
@@ -58,12 +59,14 @@ def trial_table(study, spec, grid, client) -> pd.DataFrame:
             f"best_{spec.metric}": _best(result, spec.metric, spec.mode),
             **{k: metrics[k] for k in sorted(metrics) if k.startswith(("val_", "sample_")) and k != spec.metric},
             "duration_s": metrics.get("time_total_s"),
+            "train_s": metrics.get("train_seconds"),  # the training itself (data, model, loop); the rest is overhead
             "mlflow_run_id": run.info.run_id if run is not None else metrics.get("mlflow_run_id"),
             "error": _first_line(result.error) if result.error is not None else "",
         })
-        if run is not None and run.info.status == "RUNNING":  # Tune stopped (ASHA) or lost the trial
+        if run is not None and status != "completed" and "usam.trial.outcome" not in run.data.tags:
             client.set_tag(run.info.run_id, "usam.trial.outcome", status)
-            client.set_terminated(run.info.run_id, status="KILLED" if status == "stopped early" else "FAILED")
+            if run.info.status == "RUNNING":  # Tune lost the trial (or stopped its Ray Train worker group)
+                client.set_terminated(run.info.run_id, status="KILLED" if status == "stopped early" else "FAILED")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -303,10 +306,7 @@ def _html(study, sections: list[str], images: dict[str, bytes]) -> str:
 
     def flush():
         if table_rows:
-            head, *rest = table_rows
-            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rest)
-                        + "</table>")
+            body.append(html_table(table_rows))
             table_rows.clear()
 
     for line in sections:

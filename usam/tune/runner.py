@@ -1,15 +1,18 @@
 """Sweeps and ablation grids on Ray Tune: every trial is the real training path.
 
 A trial is a function trainable that composes its config (the spec's overrides plus the
-trial's point), then calls :func:`usam.train.fit`, which runs the task on a Ray Train
-``TorchTrainer`` whose ``TuneReportCallback`` hands every epoch's validation metrics to Tune
-(so ASHA can stop weak trials). Each trial is an MLflow run nested under one parent run per
-study; the parent holds the spec, the trial table, the best config and the report.
+trial's point), then calls :func:`usam.train.fit` with ``in_trial="report"``: every epoch's
+validation metrics and checkpoint go to Tune (so ASHA can stop weak trials). A one-worker
+recipe trains in the trial's own process on the resources Tune gave it, and trials re-use
+their actors, so a trial costs little more than its training; a multi-worker recipe runs on
+a Ray Train ``TorchTrainer`` worker group started by the trial. Each trial is an MLflow run
+nested under one parent run per study; the parent holds the spec, the trial table, the best
+config and the report.
 
 Resuming: the Tune experiment lives in ``ray.storage_path/<study name>``. ``resume`` restores
 it (the searcher's state and every trial's status); an unfinished trial finds its own MLflow
-run by its Tune trial id and continues it, so its Ray Train run picks up from the last
-checkpoint: no trial is lost or run twice.
+run by its Tune trial id and continues it from its last checkpoint: no trial is lost or run
+twice.
 """
 
 from __future__ import annotations
@@ -23,21 +26,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from usam.config import Config, compose
+from usam.config import TRAIN_SECTIONS, Config, compose, train_section
 from usam.errors import UsamError
 from usam.paths import find_project_root, resolve
 from usam.track import client_for, tracked_run, tracking_uri
 from usam.track.run import artifact_root
 from usam.tune.spec import AblationSpec, load_ablation, load_sweep
 
-SECTION = {"evaluator_frame": "evaluator.train", "evaluator_clip": "evaluator.train", "tokenizer": "tokenizer.train"}
-TRIAL_CPU = 0.25  # the trial function itself only waits on its Ray Train worker group
+TRIAL_CPU = 0.25  # a trial that starts a Ray Train worker group only waits on it
 STUDY_TAG, TRIAL_TAG = "usam.study", "usam.trial_id"
-
-
-def train_section(task: str) -> str:
-    """The config section holding ``task``'s recipe (``train`` for USAM and the baselines)."""
-    return SECTION.get(task, "train")
 
 
 @dataclass
@@ -99,8 +96,10 @@ def _run(kind: str, spec_path: Path, spec, extra: list[str], address: str | None
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # mid-epoch checkpoints carry no val metric
     _start_ray(dataclasses.replace(base, ray=dataclasses.replace(base.ray, address=address)) if address else base)
-    free = {k: v - TRIAL_CPU if k == "CPU" else v for k, v in ray.cluster_resources().items()}
-    check_resources(recipe(probe, spec.task), free)
+    train = recipe(probe, spec.task)
+    resources = trial_resources(train)
+    free = {k: v - TRIAL_CPU if k == "CPU" and train.workers > 1 else v for k, v in ray.cluster_resources().items()}
+    check_resources(train, free)
 
     repeatable, why_not = _repeatable(kind, spec)
     with tracked_run(base, stage=f"{kind}/{spec_path.stem}", run_name=name, root=root, resume_run_id=parent_id,
@@ -115,7 +114,7 @@ def _run(kind: str, spec_path: Path, spec, extra: list[str], address: str | None
         verb = "sweep" if kind == "sweep" else "ablate"
         print(f"{kind} {name}: MLflow parent run {parent.run_id}; if interrupted, continue with "
               f"`usam {verb} {spec_path} --resume {parent.run_id}`", flush=True)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, study=asdict(study)), {"CPU": TRIAL_CPU})
+        trainable = tune.with_resources(tune.with_parameters(run_trial, study=asdict(study)), resources)
         if resume:
             tuner = tune.Tuner.restore(str(storage / name), trainable, resume_unfinished=True, resume_errored=False)
         else:
@@ -189,13 +188,23 @@ def recipe(cfg: Config, task: str):
     return node
 
 
+def trial_resources(train) -> dict[str, float]:
+    """What Tune reserves for a trial: a one-worker recipe trains in the trial itself, so the trial holds the
+    worker's CPUs (and GPU); a larger recipe's trial only waits on the worker group it starts."""
+    if train.workers > 1:
+        return {"CPU": TRIAL_CPU}
+    return {"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})}
+
+
 def _budget(kind: str, spec) -> list[str]:
-    """Per-trial resources on the task's recipe (the trial function itself keeps TRIAL_CPU), and a sweep's epochs."""
+    """Per-trial resources on the task's recipe (a trial that waits on a worker group keeps TRIAL_CPU of
+    them), and a sweep's epochs."""
     section = train_section(spec.task)
     train = recipe(compose(spec_overrides(spec)), spec.task)
-    if kind != "sweep":  # an ablation keeps its recipe; the trial function's share comes out of the first worker
-        return [f"{section}.cpus_per_worker={max(train.cpus_per_worker - TRIAL_CPU / train.workers, 0.05):g}"]
-    cpus = max(spec.resources.cpus - TRIAL_CPU, 0.05) / train.workers
+    waits = TRIAL_CPU if train.workers > 1 else 0.0
+    if kind != "sweep":  # an ablation keeps its recipe; the waiting trial's share comes out of the first worker
+        return [f"{section}.cpus_per_worker={max(train.cpus_per_worker - waits / train.workers, 0.05):g}"]
+    cpus = max(spec.resources.cpus - waits, 0.05) / train.workers
     return [f"{section}.epochs={spec.epochs}", f"{section}.cpus_per_worker={cpus:g}",
             f"{section}.use_gpu={'true' if spec.resources.gpus > 0 else 'false'}"]
 
@@ -225,7 +234,8 @@ def _tune_config(kind: str, spec):
     from ray import tune
 
     if kind == "ablation":
-        return tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=1, max_concurrent_trials=1)
+        return tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=1, max_concurrent_trials=1,
+                               reuse_actors=True)
     search_alg = None
     if spec.searcher == "random":
         from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -247,7 +257,7 @@ def _tune_config(kind: str, spec):
                                   reduction_factor=spec.scheduler.reduction_factor, stop_last_trials=False)
     return tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search_alg, scheduler=scheduler,
                            num_samples=1 if spec.searcher == "grid" else spec.trials,
-                           max_concurrent_trials=spec.max_concurrent_trials)
+                           max_concurrent_trials=spec.max_concurrent_trials, reuse_actors=True)
 
 
 def param_space(kind: str, spec) -> dict:
@@ -314,9 +324,8 @@ def _find_study(client, cfg: Config, kind: str, spec_path: Path, which: str) -> 
 
 
 def run_trial(config: dict, study: dict) -> None:
-    """Train one trial and report to Tune: every epoch through Ray Train, then the final (and sample) scores."""
+    """Train one trial and report to Tune: every epoch as it ends, then the final (and sample) scores."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from usam.train import fit
 
@@ -341,13 +350,13 @@ def run_trial(config: dict, study: dict) -> None:
         return
     resume = previous[0].info.run_id if previous else None
     tags = {STUDY_TAG: s.name, TRIAL_TAG: trial_id, "usam.study.kind": s.kind}
-    work, generator = root, s.task not in (*SECTION, "tokenizer")
+    work, generator = root, s.task not in (*TRAIN_SECTIONS, "tokenizer")
     if cell is not None:
         tags.update({"usam.ablation.variant": cell["variant"], "usam.ablation.dataset": cell["dataset"]})
         if generator:
             work = _ablation_workspace(s, cfg, cell, root / "outputs" / "studies" / s.name / trial_id, root)
     result = fit(cfg, s.task, root=work, run_name=run_name, parent_run_id=s.parent_run_id, resume_run_id=resume,
-                 tags=tags, callbacks=[TuneReportCallback()])
+                 tags=tags, in_trial="report")
     final = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     if cell is not None and generator:
         final.update(_sample_scores(s, cfg, result, work, client))
@@ -382,7 +391,7 @@ def _ablation_workspace(s: Study, cfg: Config, cell: dict, work: Path, root: Pat
     if tok_weights.is_file() and tok_metrics.is_file():
         return work
     result = fit(cfg, "tokenizer", root=work, out_dir=work / ".tokenizer", parent_run_id=s.parent_run_id,
-                 run_name=f"{s.name}/{cell['variant']}/{name}/seed{cell['seed']}/tokenizer",
+                 in_trial="silent", run_name=f"{s.name}/{cell['variant']}/{name}/seed{cell['seed']}/tokenizer",
                  tags={STUDY_TAG: s.name, "usam.study.kind": s.kind, "usam.ablation.variant": cell["variant"]})
     tok_weights.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(result.weights_path, tok_weights)
