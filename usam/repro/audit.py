@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from usam.config import Config, config_hash, flatten, load_params, to_dict
+from usam.config import Config, config_hash, flatten, load_params, to_dict, train_section
 from usam.errors import UsamError
 from usam.track import provenance
 
@@ -503,7 +503,7 @@ def check_determinism(record: RunRecord, root: Path) -> Check:
     recorded = (record.provenance or {}).get("determinism") or {}
     details = tuple(f"recorded at start (driver): {k} = {v}" for k, v in recorded.items())
     task = record.tags.get("usam.task")
-    key = _train_key(task) if task else None
+    key = train_section(task) if task else None
     flag = record.params.get(f"{key}.deterministic") if key else None
     if flag is None:
         why = f"param {key}.deterministic is not recorded" if task else "not a training run (no usam.task tag)"
@@ -517,12 +517,6 @@ def check_determinism(record: RunRecord, root: Path) -> Check:
     return Check("determinism", WARN, f"{key}.deterministic = false (precision {precision}; at start: "
                                       f"{_flags_line(recorded)}): kernels may be picked by autotuning and reduce in any "
                                       "order, so a re-run matches only statistically, not bit for bit", details=details)
-
-
-def _train_key(task: str) -> str:
-    """The config section a task's training recipe comes from (as each task's ``train_cfg`` reads it)."""
-    return {"evaluator_frame": "evaluator.train", "evaluator_clip": "evaluator.train",
-            "tokenizer": "tokenizer.train"}.get(task, "train")
 
 
 def _flags_line(flags: dict) -> str:
@@ -554,6 +548,75 @@ def check_checkpoint(record: RunRecord, root: Path) -> Check:
         return Check("checkpoint", FAIL, f"{path} has sha256 {_short(actual)}, the run recorded {_short(expected)} "
                                          "(checkpoint.sha256): the weights changed since training")
     return Check("checkpoint", PASS, f"{path} has the recorded sha256 {_short(expected)}")
+
+
+# ---- metrics and a short re-run (both train or evaluate here, in this process) ------------------------------------------
+
+RTOL, ATOL = 1e-3, 1e-6  # re-evaluated metrics agree within RTOL * |recorded| + ATOL
+RERUN_STEPS = 2
+
+
+def _replayable(record: RunRecord, root: Path) -> tuple[str | None, str | None]:
+    """(task, None) when the run can be replayed here, else (None, why not)."""
+    task = record.tags.get("usam.task")
+    if task is None:
+        return None, "not a training run (no usam.task tag)"
+    if record.config is None:
+        return None, record.unavailable.get("config.yaml", "config.yaml is not recorded")
+    return task, None
+
+
+def check_metrics(record: RunRecord, root: Path) -> Check:
+    """The final weights, evaluated again on the validation split, give the run's last recorded ``val/*`` metrics."""
+    from usam.paths import resolve
+    from usam.train.replay import evaluate_weights
+
+    task, why = _replayable(record, root)
+    if task is None:
+        return Check("metrics", WARN, f"not re-evaluated: {why}")
+    recorded = {k: v for k, v in record.run.data.metrics.items() if k.startswith("val/")}
+    path, sha = record.tags.get("checkpoint.path"), record.tags.get("checkpoint.sha256")
+    if not recorded or path is None or sha is None:
+        return Check("metrics", WARN, "not re-evaluated: the run recorded no val/* metrics or no checkpoint tags")
+    weights = resolve(path, root)
+    if not weights.is_file() or provenance.sha256_file(weights) != sha:
+        return Check("metrics", WARN, f"not re-evaluated: {path} is missing or is not the recorded file (see checkpoint)")
+    fresh = {f"val/{k[4:]}": v for k, v in evaluate_weights(record.config, task, root=root, weights=weights).items()}
+    rows, off = [], []
+    for key in sorted(recorded):
+        if key not in fresh:
+            continue
+        a, b = recorded[key], fresh[key]
+        ok = abs(a - b) <= RTOL * abs(a) + ATOL
+        rows.append(f"{key}: recorded {a:.6g}, re-evaluated {b:.6g} ({'ok' if ok else 'differs'})")
+        if not ok:
+            off.append(f"{key} {a:.6g} -> {b:.6g}")
+    tolerance = f"tolerance {RTOL:g} relative + {ATOL:g}"
+    if not rows:
+        return Check("metrics", WARN, f"not compared: the evaluation gives none of the recorded {_listing(sorted(recorded))}")
+    if off:
+        return Check("metrics", FAIL, f"re-evaluating {path} on the val split does not give the recorded metrics "
+                                      f"({tolerance}): {_listing(off)}", details=tuple(rows))
+    return Check("metrics", PASS, f"re-evaluating {path} on the val split gives the {len(rows)} recorded val metric(s) "
+                                  f"within {tolerance}", details=tuple(rows))
+
+
+def check_rerun(record: RunRecord, root: Path, steps: int = RERUN_STEPS) -> Check:
+    """``steps`` optimizer steps of the recorded recipe, twice from its seeded start: identical tensors."""
+    from usam.train.replay import short_run
+
+    task, why = _replayable(record, root)
+    if task is None:
+        return Check("rerun", WARN, f"not re-run: {why}")
+    first, second = (short_run(record.config, task, root=root, steps=steps) for _ in range(2))
+    where = f"{first['steps']} step(s) of the recorded {task} recipe from seed {record.config.seed}, twice (1 CPU worker here)"
+    details = tuple(f"{k}: {_short(first[k])} / {_short(second[k])}" for k in ("weights", "optimizer"))
+    differs = [k for k in ("weights", "optimizer") if first[k] != second[k]]
+    if differs:
+        return Check("rerun", FAIL, f"{where}: the {' and '.join(differs)} differ, so training is not bit-exact here "
+                                    "(set the recipe's deterministic=true, or look for an unseeded RNG)", details=details)
+    return Check("rerun", PASS, f"{where}: bit-identical weights and optimizer state ({_short(first['weights'])})",
+                 details=details)
 
 
 # ---- completeness ----------------------------------------------------------------------------------------------------
@@ -608,12 +671,19 @@ CHECKS: tuple[tuple[str, Callable[[RunRecord, Path], Check]], ...] = (
     ("environment", check_environment),
     ("determinism", check_determinism),
     ("checkpoint", check_checkpoint),
+    ("metrics", check_metrics),
+    ("rerun", check_rerun),
     ("completeness", check_completeness),
 )
+REPLAYS = ("metrics", "rerun")  # the checks that evaluate or train here (seconds to minutes)
 
 
-def audit(ref: str, cfg: Config, root: Path) -> Report:
-    """Audit run ``ref`` (id, name or ``latest``) of the store ``cfg.tracking`` points at, against project ``root``."""
+
+
+def audit(ref: str, cfg: Config, root: Path, *, replay: bool = True) -> Report:
+    """Audit run ``ref`` (id, name or ``latest``) of the store ``cfg.tracking`` points at, against project ``root``.
+
+    ``replay=False`` leaves out the checks that evaluate or train here (metrics, rerun); the report says so."""
     from usam.track import client_for, tracking_uri
 
     root = Path(root).resolve()
@@ -631,7 +701,10 @@ def audit(ref: str, cfg: Config, root: Path) -> Report:
     return Report(
         run_id=run.info.run_id, run_name=run.info.run_name or "", run_status=run.info.status,
         experiment=experiment.name if experiment else run.info.experiment_id, tracking_uri=uri, root=str(root),
-        created=time.strftime("%Y-%m-%d %H:%M:%S"), checks=tuple(_guarded(name, fn, record, root) for name, fn in CHECKS),
+        created=time.strftime("%Y-%m-%d %H:%M:%S"),
+        checks=tuple(_guarded(name, fn, record, root) if replay or name not in REPLAYS else
+                     Check(name, WARN, "not run (--no-replay): `usam audit RUN` evaluates and re-runs")
+                     for name, fn in CHECKS),
     )
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from usam.config import Config, config_hash, flatten, to_dict, to_yaml
+from usam.config import Config, config_hash, flatten, to_dict, to_yaml, train_section
 from usam.errors import UsamError
 from usam.repro.audit import (
     FAIL,
@@ -39,7 +39,6 @@ from usam.repro.audit import (
     RunRecord,
     _first_line,
     _tag_path,
-    _train_key,
     audit,
     find_run,
     load_record,
@@ -317,7 +316,7 @@ def replicate(ref: str, cfg: Config, root: Path, *, rtol: float = 0.0, atol: flo
     record, uri = open_record(ref, cfg, root, "replicate")
     original = record.run
     commit = recorded_commit(record, root)
-    checks = audit(original.info.run_id, cfg, root)
+    checks = audit(original.info.run_id, cfg, root, replay=False)  # the replica is the full replay
     data = next(c for c in checks.checks if c.name == "data")
     if data.status == FAIL:
         raise UsamError(f"the data differs from what run {original.info.run_id} used: {data.evidence}",
@@ -344,7 +343,7 @@ def replicate(ref: str, cfg: Config, root: Path, *, rtol: float = 0.0, atol: flo
     if replica_sha != record.tags["checkpoint.sha256"]:
         with tempfile.TemporaryDirectory() as tmp:
             diffs = tensor_differences(original_weights(record, root, Path(tmp)), weights)
-    use_gpu = str(record.params.get(f"{_train_key(task)}.use_gpu")) == "True"
+    use_gpu = str(record.params.get(f"{train_section(task)}.use_gpu")) == "True"
     result = Replication(
         original_id=original.info.run_id, original_name=original.info.run_name or "", replica_id=replica_id, task=task,
         commit=commit, tracking_uri=uri, rtol=rtol, atol=atol, pinned=pinned, links=tuple(links), code_from=code_from,
