@@ -62,7 +62,7 @@ def train_against_time(task, args, log) -> tuple[torch.nn.Module, list[dict]]:
     seed_everything(cfg.seed, deterministic=tcfg.deterministic)
     model = task.build_model()
     train = task.dataset("train", train=True)
-    test = DataLoader(task.dataset("test", train=False), batch_size=64)
+    test = DataLoader(task.dataset("test", train=False), batch_size=64, generator=dataloader_generator(cfg.seed, "test"))
     steps_per_epoch = len(train) // (tcfg.batch_size * tcfg.grad_accum)
     total = steps_per_epoch * tcfg.epochs if tcfg.max_steps is None else min(tcfg.max_steps, steps_per_epoch * tcfg.epochs)
     optimizer = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=(0.9, 0.95))

@@ -51,6 +51,8 @@ if str(REPO) not in sys.path:  # run as a plain script from anywhere
 
 import torch  # noqa: E402
 
+from usam.seeding import dataloader_generator  # noqa: E402
+
 OVERHEAD_TARGET = 1.10  # plain / Ray samples/s, at most
 SCALING_TARGET = 0.85  # samples/s(2 workers x 1 thread) / samples/s(1 worker x 2 threads), at least
 
@@ -280,7 +282,8 @@ def plain_loop(task, cfg, *, threads: int, precision: str, warmup: int, steps: i
         sampler.set_epoch(epoch)
         ds.set_epoch(epoch)
         loader = DataLoader(ds, batch_size=tcfg.batch_size, sampler=sampler, drop_last=True,
-                            num_workers=tcfg.dataloader_workers, worker_init_fn=worker_init_fn)
+                            num_workers=tcfg.dataloader_workers, worker_init_fn=worker_init_fn,
+                            generator=dataloader_generator(cfg.seed, "train", epoch))
         model.train()
         for batch in loader:
             with torch.autocast("cpu", dtype=dtype) if dtype else torch.autocast("cpu", enabled=False):
@@ -437,8 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"dataset {args.dataset}: {videos} train videos in {root} ({time.perf_counter() - t:.1f}s)")
         task = make_task(args.task, cfg, root / "data")
         task.check_data()
-        sample_batch = next(iter(torch.utils.data.DataLoader(task.dataset("train", train=True),
-                                                             batch_size=args.batch_size)))
+        sample_batch = next(iter(torch.utils.data.DataLoader(task.dataset("train", train=True), batch_size=args.batch_size,
+                                                             generator=dataloader_generator(cfg.seed, "probe"))))
         log(f"task {args.task}: batch input {tuple(sample_batch['video'].shape)}")
 
         # ---- 1. matmul peak

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from usam.seeding import dataloader_generator
+
 from usam.train.trainer import load_weights
 
 
@@ -17,7 +19,8 @@ def accuracy(task, weights_path: Path, split: str, *, expected_sha256: str | Non
     model = task.build_model()
     model.load_state_dict(state["model"])
     dataset = task.dataset(split, train=False)
-    sums = task.evaluate(model, DataLoader(dataset, batch_size=batch_size), torch.device("cpu"))
+    loader = DataLoader(dataset, batch_size=batch_size, generator=dataloader_generator(task.cfg.seed, "eval", split))
+    sums = task.evaluate(model, loader, torch.device("cpu"))
     return {
         "acc": sums["correct"] / sums["seen"],
         "loss": sums["loss_sum"] / sums["seen"],

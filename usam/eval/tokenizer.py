@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from usam.seeding import dataloader_generator
+
 from usam.train.tokenizer_task import TokenizerTask, load_tokenizer
 
 
@@ -17,7 +19,8 @@ def score_tokenizer(task: TokenizerTask, weights_path: Path, split: str, *, expe
     model, _ = load_tokenizer(weights_path, expected_sha256)
     dataset = task.dataset(split, train=False)
     device = torch.device("cpu")
-    sums = task.evaluate(model, DataLoader(dataset, batch_size=batch_size), device)
+    loader = DataLoader(dataset, batch_size=batch_size, generator=dataloader_generator(task.cfg.seed, "eval", split))
+    sums = task.evaluate(model, loader, device)
     if panels is not None:
         panels.mkdir(parents=True, exist_ok=True)
         task.visuals(model, dataset, device, panels)

@@ -50,8 +50,8 @@ def ensure_ray(cfg: Config) -> None:
                 f"cannot join the Ray cluster at {cfg.ray.address!r}: {str(exc).splitlines()[0] if str(exc) else exc}",
                 where="ray.address", fix="start the cluster (`ray start --head`) or set ray.address=null for a local one",
             ) from None
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+    else:  # "local": never join a cluster that `ray start` left on this machine (its size is not ours)
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
                  object_store_memory=cfg.ray.object_store_mb * 2**20, log_to_driver=True)
 
 
@@ -128,7 +128,8 @@ def fit(
     with tracked_run(cfg, stage=f"train/{task_name}", run_name=run_name or ray_name, root=root,
                      parent_run_id=parent_run_id, resume_run_id=resume_run_id,
                      tags={"ray.run_name": ray_name, "ray.storage_path": storage, "usam.task": task_name,
-                           **(tags or {})}) as run:
+                           "usam.train.where": "the Tune trial's process" if here else
+                           f"Ray Train worker group of {tcfg.workers}", **(tags or {})}) as run:
         print(f"MLflow run {run.run_id} (Ray run {ray_name}); if interrupted, continue with "
               f"`usam train {task_name} <same overrides> --resume {run.run_id}`", flush=True)
         payload = {

@@ -28,6 +28,7 @@ from usam.errors import UsamError
 from usam.eval.panels import save_gif, save_mp4, save_png, side_by_side_frames, strip_grid
 from usam.models.tokenizer import latent_frames
 from usam.models.usam import USAM
+from usam.seeding import dataloader_generator
 from usam.train.tasks import SHAPE_KINDS, require_splits
 
 UNKNOWN_WORD = 1  # word id 0 pads, 1 stands for any word not seen in the training captions
@@ -83,7 +84,9 @@ class EncodedVideos(torch.utils.data.Dataset):
 
     def __init__(self, videos: ConditionedVideos, encode, device: torch.device, batch_size: int = 32):
         self.videos = videos
-        loader = torch.utils.data.DataLoader(videos, batch_size=batch_size, shuffle=False)
+        # its own generator: iterating a loader otherwise draws a base seed from the global RNG
+        loader = torch.utils.data.DataLoader(videos, batch_size=batch_size, shuffle=False,
+                                             generator=dataloader_generator(0, "encode"))
         with torch.autocast(device.type, enabled=False):
             self.latents = torch.cat([encode(batch, device).cpu() for batch in loader])
 
