@@ -13,48 +13,15 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 import yaml
-from conftest import TINY, run
+from conftest import committed_project, git
 
 from usam.cli import main
-from usam.config import compose, load_params, write_params
+from usam.config import compose, load_params
 from usam.errors import UsamError
 from usam.repro.audit import audit, dataloaders_without_generator
 from usam.repro.render import render
 from usam.track import client_for, tracked_run
 from usam.track.provenance import installed_packages
-
-STAGE = '''"""Stage `train`: the frame evaluator of one dataset, the way the project's stages train."""
-import sys
-from pathlib import Path
-
-from usam.config import load_params
-from usam.track import client_for
-from usam.train import fit, with_dataset
-
-
-def main(name):
-    root = Path(__file__).resolve().parent.parent
-    cfg = with_dataset(load_params(root / "params.yaml"), name)
-    result = fit(cfg, "evaluator_frame", root=root, out_dir=root / "models" / name, run_name=f"frame/{name}")
-    client_for(cfg, root).set_tag(result.run_id, "checkpoint.path", f"models/{name}/weights.pt")
-    return result
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
-'''
-
-DVC_YAML = """stages:
-  data:
-    cmd: usam data build --name moving_digits --params params.yaml
-    outs:
-      - data/raw/moving_digits
-      - data/prepared/moving_digits
-"""
-
-
-def git(root: Path, *args: str) -> str:
-    return run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=root).stdout.strip()
 
 
 def train(root: Path) -> str:
@@ -68,29 +35,9 @@ def train(root: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def ray_instance():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def project(tmp_path_factory, ray_instance) -> dict:
     """A committed project whose data came from `dvc repro`, and one clean training run in it."""
-    root = tmp_path_factory.mktemp("audit")
-    write_params(root / "params.yaml", TINY)
-    (root / "dvc.yaml").write_text(DVC_YAML)
-    (root / "pipelines").mkdir()
-    (root / "pipelines" / "train.py").write_text(STAGE)
-    (root / "environment.lock").write_text("".join(f"{n}=={v}\n" for n, v in installed_packages().items()))
-    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\noutputs/\nmodels/\n")
-    git(root, "init", "-q")
-    run(["dvc", "init", "-q"], cwd=root)
-    run(["dvc", "repro", "-q"], cwd=root)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "data and the train stage")
+    root = committed_project(tmp_path_factory.mktemp("audit"))
     run_id = train(root)
     cfg = load_params(root / "params.yaml")
     return {"root": root, "run_id": run_id, "cfg": cfg, "baseline": statuses(audit(run_id, cfg, root))}
@@ -314,11 +261,8 @@ def test_a_dirty_tree_fails_the_code_check_unless_only_dvc_files_changed(project
     assert "the tree was dirty only in DVC-managed files (dvc.lock), which `dvc repro` rewrites" in code.evidence
 
 
-def test_an_unknown_run_is_one_clear_error(tmp_path: Path, monkeypatch, capsys):
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "dvc.yaml").write_text("stages: {}\n")
-    monkeypatch.chdir(root)
+def test_an_unknown_run_is_one_clear_error(empty_project: Path, tmp_path: Path, capsys):
+    root = empty_project
     with pytest.raises(UsamError) as info:
         audit("0123456789abcdef", compose(), root)
     assert info.value.what == "no run '0123456789abcdef' in the tracking store"

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import digits_and_tokenizer
 
 from usam.config import compose
-from usam.data import build_dataset, preprocess_dataset
 from usam.models.baselines import LatentDiffusion, MaskGIT, VideoGAN
 from usam.models.raster_ar import RasterAR
-from usam.train.checkpoint import atomic_torch_save
 from usam.train.tasks import BASELINES, make_task
 
 TINY = ["data.num_videos.train=16", "data.num_videos.val=4", "data.num_videos.test=4", "tokenizer.arch.base_channels=8",
@@ -25,16 +24,7 @@ TINY = ["data.num_videos.train=16", "data.num_videos.val=4", "data.num_videos.te
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("baselines")
-    (root / "dvc.yaml").write_text("stages: {}\n")
-    cfg = compose(TINY)
-    build_dataset(cfg, "moving_digits", root / "data" / "raw" / "moving_digits")
-    preprocess_dataset(cfg, root / "data" / "raw" / "moving_digits", root / "data" / "prepared" / "moving_digits")
-    task = make_task("tokenizer", cfg, root / "data", root)
-    torch.manual_seed(0)
-    model = task.build_model()
-    path = root / "models" / "tokenizer" / "moving_digits" / "tokenizer.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"model": model.state_dict(), "progress": {}, "task": "tokenizer", **task.export_meta()}, path)
+    digits_and_tokenizer(root, TINY)
     return root
 
 

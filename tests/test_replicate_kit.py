@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run
-from test_audit import DVC_YAML, STAGE, git
+from conftest import committed_project, git, run
 
 from usam.cli import main
-from usam.config import compose, config_hash, load_params, write_params
+from usam.config import compose, config_hash, load_params
 from usam.errors import UsamError
 from usam.repro.kit import build_kit
 from usam.repro.replicate import compare_metrics, replicate, tensor_differences
 from usam.track import client_for
-from usam.track.provenance import installed_packages, sha256_file
+from usam.track.provenance import sha256_file
 
 KIT_FILES = {
     "source.tar", "environment.lock", "config.yaml", "params.yaml", "provenance.json", "data.json", "check_data.py",
@@ -31,18 +30,7 @@ KIT_FILES = {
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> dict:
     """A committed project whose data came from `dvc repro`, and one training run of its stage, run as DVC runs it."""
-    root = tmp_path_factory.mktemp("replicate")
-    write_params(root / "params.yaml", TINY)
-    (root / "dvc.yaml").write_text(DVC_YAML)
-    (root / "pipelines").mkdir()
-    (root / "pipelines" / "train.py").write_text(STAGE)
-    (root / "environment.lock").write_text("".join(f"{n}=={v}\n" for n, v in installed_packages().items()))
-    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\noutputs/\nmodels/\n")
-    git(root, "init", "-q")
-    run(["dvc", "init", "-q"], cwd=root)
-    run(["dvc", "repro", "-q"], cwd=root)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "data and the train stage")
+    root = committed_project(tmp_path_factory.mktemp("replicate"))
     run([sys.executable, "pipelines/train.py", "moving_digits"], cwd=root)
     cfg = load_params(root / "params.yaml")
     client = client_for(cfg, root)
@@ -116,11 +104,8 @@ def test_metrics_compare_exactly_by_default_and_within_a_given_tolerance():
     assert [(m.name, m.replica, m.within) for m in missing] == [("train/ce", None, False), ("val/acc", 0.5, True)]
 
 
-def test_replicate_and_kit_of_an_unknown_run_are_one_clear_error(tmp_path: Path, monkeypatch, capsys):
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "dvc.yaml").write_text("stages: {}\n")
-    monkeypatch.chdir(root)
+def test_replicate_and_kit_of_an_unknown_run_are_one_clear_error(empty_project: Path, tmp_path: Path, capsys):
+    root = empty_project
     with pytest.raises(UsamError) as info:
         replicate("0123456789abcdef", compose(), root)
     assert info.value.what == "no run '0123456789abcdef' in the tracking store"

@@ -28,15 +28,6 @@ SMALL_RUN = [
 
 
 @pytest.fixture(scope="module")
-def ray_instance():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def project(tmp_path_factory, ray_instance) -> Path:
     """A project with both datasets built and preprocessed (small)."""
     root = tmp_path_factory.mktemp("train")

@@ -17,17 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
-from conftest import REPO, TINY, venv_env
+from conftest import REPO, TINY, digits_and_tokenizer, venv_env
 from usam.config import compose
-from usam.data import build_dataset, preprocess_dataset
 from usam.errors import ConfigError, UsamError
 from usam.models.evaluators import FrameClassifier
 from usam.track.provenance import sha256_file
 from usam.train.checkpoint import atomic_torch_save
-from usam.train.tasks import make_task
 from usam.tune import stats
 from usam.tune.results import ablation_summary
 from usam.tune.runner import ablate, sweep
@@ -38,29 +35,10 @@ EVAL = [o for o in TINY if o.startswith(("data.", "evaluator."))]
 
 
 @pytest.fixture(scope="module")
-def ray_instance():
-    import ray
-
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """Tiny moving digits, an untrained tokenizer and frame evaluator saved the way the stages save them."""
     root = tmp_path_factory.mktemp("studies")
-    (root / "dvc.yaml").write_text("stages: {}\n")
-    cfg = compose(TINY)
-    build_dataset(cfg, "moving_digits", root / "data" / "raw" / "moving_digits")
-    preprocess_dataset(cfg, root / "data" / "raw" / "moving_digits", root / "data" / "prepared" / "moving_digits")
-    task = make_task("tokenizer", cfg, root / "data", root)
-    torch.manual_seed(0)
-    tok = root / "models" / "tokenizer" / "moving_digits" / "tokenizer.pt"
-    tok.parent.mkdir(parents=True)
-    sha = atomic_torch_save({"model": task.build_model().state_dict(), "progress": {}, "task": "tokenizer",
-                             **task.export_meta()}, tok)
+    sha = digits_and_tokenizer(root, TINY)
     (root / "metrics" / "tokenizer").mkdir(parents=True)
     (root / "metrics" / "tokenizer" / "moving_digits.json").write_text(json.dumps({"weights_sha256": sha}))
     frame = root / "models" / "evaluators" / "moving_digits" / "frame.pt"
