@@ -21,8 +21,30 @@ Run `usam config schema` for every key, its type and its allowed range.
 """
 
 
+RUN_REF = "MLflow run id or name, or `latest` (the newest finished training run)"
+TREE_PARAMS = "read this composed config instead of the tree"
+TRACKING_PARAMS = "read the tracking settings from this composed file"
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (Hydra syntax)")
+
+
+def _add_config_args(p: argparse.ArgumentParser, params_help: str | None = None) -> None:
+    """The arguments every config-reading command ends with: ``--params FILE`` (a composed file read instead of
+    the tree) and the overrides (which `_config` refuses to combine with it)."""
+    p.add_argument("--params", metavar="FILE", help=params_help)
+    _add_overrides(p)
+
+
+def _command(sub, name: str, fn, help: str, description: str, run: str | None = None) -> argparse.ArgumentParser:
+    """Subcommand ``name``, handled by ``fn``, whose description keeps its line breaks (its examples); with
+    ``run``, its first argument is a recorded run (MLflow id, name or `latest`) described by that text."""
+    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if run is not None:
+        p.add_argument("run", help=run)
+    p.set_defaults(fn=fn)
+    return p
 
 
 def _config(args):
@@ -300,8 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="show, check and write the configuration")
     config_sub = config.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     show = config_sub.add_parser("show", help="print the resolved, validated config (and its hash)")
-    show.add_argument("--params", metavar="FILE", help="validate and show this composed file (e.g. params.yaml)")
-    _add_overrides(show)
+    _add_config_args(show, "validate and show this composed file (e.g. params.yaml)")
     show.set_defaults(fn=cmd_config_show)
     schema = config_sub.add_parser("schema", help="list every key with its type, range and meaning")
     schema.set_defaults(fn=cmd_config_schema)
@@ -325,60 +346,53 @@ def build_parser() -> argparse.ArgumentParser:
     build = data_sub.add_parser("build", help="generate/ingest datasets, then preprocess them")
     build.add_argument("--name", dest="names", action="append", help="dataset to build (default: data.build)")
     build.add_argument("--raw-only", action="store_true", help="skip preprocessing")
-    build.add_argument("--params", metavar="FILE", help="read this composed config instead of the tree")
-    _add_overrides(build)
+    _add_config_args(build, TREE_PARAMS)
     build.set_defaults(fn=cmd_data_build)
     verify = data_sub.add_parser("verify", help="recompute every data file's sha256 against its manifest")
     verify.add_argument("--name", dest="names", action="append")
-    verify.add_argument("--params", metavar="FILE")
-    _add_overrides(verify)
+    _add_config_args(verify)
     verify.set_defaults(fn=cmd_data_verify)
 
     from usam.train.tasks import TASKS
 
-    train = sub.add_parser(
-        "train", help="train a model on Ray Train (DDP), tracked in MLflow",
+    train = _command(
+        sub, "train", cmd_train, help="train a model on Ray Train (DDP), tracked in MLflow",
         description="Train TASK with the validated config. Examples:\n"
         "  usam train evaluator_clip data.name=bouncing_shapes evaluator.train.workers=2\n"
         "  usam train evaluator_frame --resume <mlflow-run-id>    # continue an interrupted run",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("task", choices=TASKS, help="what to train")
     train.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run from its last checkpoint")
     train.add_argument("--address", help="join this Ray cluster (overrides ray.address), e.g. auto or ray://head:10001")
     train.add_argument("--out", type=Path, help="folder for the final weights (default: inside the Ray run folder)")
-    train.add_argument("--params", metavar="FILE", help="read this composed config instead of the tree")
-    _add_overrides(train)
-    train.set_defaults(fn=cmd_train)
+    _add_config_args(train, TREE_PARAMS)
 
     for name, what, example in (
         ("sweep", "hyperparameter sweep on Ray Tune (Optuna TPE / CMA-ES, random or grid; ASHA)", "sweeps/lr_wd.yaml"),
         ("ablate", "ablation grid (variants x datasets x seeds) on Ray Tune, with statistics", "ablations/components.yaml"),
     ):
-        study = sub.add_parser(
-            name, help=what,
+        study = _command(
+            sub, name, cmd_study, help=what,
             description=f"Run a {what}. Every trial is a real training run, nested under one MLflow parent run;\n"
             "the trial table, best config and report land in outputs/studies/<study>/ and on the parent run.\n"
             f"Examples:\n  usam {name} {example}\n  usam {name} {example} --address auto      # on a running Ray cluster\n"
             f"  usam {name} {example} --resume latest    # continue the last interrupted {name}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         study.add_argument("spec", type=Path, help="the spec file (see sweeps/README.md and ablations/README.md)")
         study.add_argument("--address", help="join this Ray cluster, e.g. auto or ray://head:10001")
         study.add_argument("--resume", metavar="RUN_ID", nargs="?", const="latest",
                            help="continue an interrupted study: its parent run id or name (default: the latest)")
-        _add_overrides(study)
-        study.set_defaults(fn=cmd_study)
+        _add_overrides(study)  # a study's trials take their config from the spec: no --params
 
-    sample = sub.add_parser(
-        "sample", help="generate videos with a trained USAM model (GIF, MP4 and PNG grid, logged to its run)",
+    sample = _command(
+        sub, "sample", cmd_sample,
+        help="generate videos with a trained USAM model (GIF, MP4 and PNG grid, logged to its run)",
         description="Sample NUM videos from a USAM training run. Examples:\n"
         "  usam sample latest --class 3 --num 16\n"
         "  usam sample <run-id> --text 'digit 7 bouncing fast' --cfg 4 --seed 1\n"
         "  usam sample <run-id> --context test:0 --num 4      # continue a given first frame",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        run="MLflow run id or name of a `usam train usam` run, or `latest`",
     )
-    sample.add_argument("run", help="MLflow run id or name of a `usam train usam` run, or `latest`")
     sample.add_argument("--class", dest="klass", metavar="NAME", help="class to generate (e.g. 3, or circle)")
     sample.add_argument("--action", metavar="NAME", help="action cue (bouncing_shapes), e.g. left+speed_up")
     sample.add_argument("--text", metavar="PROMPT", help="caption-style prompt; unknown words are read as unknown")
@@ -389,74 +403,63 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=float, help="one temperature for every scale")
     sample.add_argument("--top-p", type=float, dest="top_p", help="nucleus threshold per bit")
     sample.add_argument("--out", type=Path, help="output folder (default: outputs/samples/<run>/<time>)")
-    sample.add_argument("--params", metavar="FILE")
-    _add_overrides(sample)
-    sample.set_defaults(fn=cmd_sample)
+    _add_config_args(sample)
 
-    report = sub.add_parser(
-        "report", help="the paper-style report (Markdown + self-contained HTML) in reports/ (also the DVC stage)",
+    report = _command(
+        sub, "report", cmd_report,
+        help="the paper-style report (Markdown + self-contained HTML) in reports/ (also the DVC stage)",
         description="Write reports/paper.md and reports/paper.html: the comparison table, samples, training curves,\n"
         "dataset cards, sweeps and ablations, and the audit of every model's training run.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     report.add_argument("--no-audit", action="store_true", help="leave the reproducibility audits out (faster)")
-    report.add_argument("--params", metavar="FILE", help="read this composed config instead of the tree (e.g. params.yaml)")
-    _add_overrides(report)
-    report.set_defaults(fn=cmd_report)
+    _add_config_args(report, f"{TREE_PARAMS} (e.g. params.yaml)")
 
     ui = sub.add_parser("ui", help="open the MLflow UI over the configured store")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--params", metavar="FILE")
-    _add_overrides(ui)
+    _add_config_args(ui)
     ui.set_defaults(fn=cmd_ui)
 
-    audit = sub.add_parser(
-        "audit", help="check whether a recorded run can be reproduced (code, data, params, seeds, environment, ...)",
+    audit = _command(
+        sub, "audit", cmd_audit,
+        help="check whether a recorded run can be reproduced (code, data, params, seeds, environment, ...)",
         description="Audit RUN against the project as it is now: each check says PASS, WARN or FAIL with its evidence.\n"
         "Exit status 1 when a check fails. Examples:\n"
         "  usam audit latest                      # the newest finished training run\n"
         "  usam audit <run-id> --format html -o audit.html",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        run=RUN_REF,
     )
-    audit.add_argument("run", help="MLflow run id or name, or `latest` (the newest finished training run)")
     audit.add_argument("--format", choices=("md", "html", "json"), default="md", help="report format (default: md)")
     audit.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report to FILE instead of stdout")
-    audit.add_argument("--params", metavar="FILE", help="read the tracking settings from this composed file")
-    _add_overrides(audit)
-    audit.set_defaults(fn=cmd_audit)
+    _add_config_args(audit, TRACKING_PARAMS)
 
-    replicate = sub.add_parser(
-        "replicate", help="train a recorded run again (its commit, config, seeds and data) and compare the two",
+    replicate = _command(
+        sub, "replicate", cmd_replicate,
+        help="train a recorded run again (its commit, config, seeds and data) and compare the two",
         description="Replay RUN: its commit in a git worktree, its config.yaml and seeds, its data checked by the\n"
         "recorded DVC hashes; then compare final metrics and weights (sha256, tensor by tensor) and link the\n"
         "runs in MLflow. Exit status 1 when the replica differs beyond the tolerance. Examples:\n"
         "  usam replicate latest                  # exact on CPU\n"
         "  usam replicate <run-id> --rtol 1e-3    # a GPU run",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        run=RUN_REF,
     )
-    replicate.add_argument("run", help="MLflow run id or name, or `latest` (the newest finished training run)")
     replicate.add_argument("--rtol", type=float, default=0.0, help="relative tolerance on metrics (default: 0, exact)")
     replicate.add_argument("--atol", type=float, default=0.0, help="absolute tolerance on metrics and weights (default: 0)")
     replicate.add_argument("--out", type=Path, metavar="DIR",
                            help="folder for the replica's weights and the report (default: outputs/replicas/<run>-<time>)")
-    replicate.add_argument("--params", metavar="FILE", help="read the tracking settings from this composed file")
-    _add_overrides(replicate)
-    replicate.set_defaults(fn=cmd_replicate)
+    _add_config_args(replicate, TRACKING_PARAMS)
 
-    kit = sub.add_parser(
-        "kit", help="write a reproducibility kit of a recorded run: source, lock, config, data hashes, weights, commands",
+    kit = _command(
+        sub, "kit", cmd_kit,
+        help="write a reproducibility kit of a recorded run: source, lock, config, data hashes, weights, commands",
         description="Write into DIR everything needed to rebuild RUN: the source at its commit (git archive),\n"
         "environment.lock, config.yaml (and params.yaml), the data manifest, the verified checkpoint, the audit\n"
         "and COMMANDS.sh. Example:\n  usam kit latest -o kits/frame-digits",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        run=RUN_REF,
     )
-    kit.add_argument("run", help="MLflow run id or name, or `latest` (the newest finished training run)")
     kit.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="the kit folder (new or empty)")
     kit.add_argument("--force", action="store_true", help="replace the contents of a non-empty DIR")
-    kit.add_argument("--params", metavar="FILE", help="read the tracking settings from this composed file")
-    _add_overrides(kit)
-    kit.set_defaults(fn=cmd_kit)
+    _add_config_args(kit, TRACKING_PARAMS)
     return parser
 
 
