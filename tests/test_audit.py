@@ -85,7 +85,7 @@ def test_a_fresh_run_audits_clean(project: dict, capsys, monkeypatch):
     assert report.run_id == run_id and not report.failed
     assert project["baseline"] == {
         "code": "PASS", "data": "PASS", "params": "PASS", "seeds": "PASS", "environment": "PASS",
-        "determinism": "PASS", "checkpoint": "PASS", "completeness": "WARN",
+        "determinism": "PASS", "checkpoint": "PASS", "metrics": "PASS", "rerun": "PASS", "completeness": "WARN",
     }
     commit = git(root, "rev-parse", "HEAD")
     assert check(report, "code").evidence == f"commit {commit[:12]} exists and the tree was clean (git.dirty = false)"
@@ -96,6 +96,15 @@ def test_a_fresh_run_audits_clean(project: dict, capsys, monkeypatch):
     assert "equal this environment and environment.lock" in check(report, "environment").evidence
     assert check(report, "determinism").evidence.startswith("evaluator.train.deterministic = true")
     assert check(report, "checkpoint").evidence.startswith("models/moving_digits/weights.pt has the recorded sha256")
+    assert check(report, "metrics").evidence.startswith("re-evaluating models/moving_digits/weights.pt on the val "
+                                                        "split gives the 2 recorded val metric(s) within tolerance")
+    recorded = client_for(project["cfg"], root).get_run(run_id).data.metrics
+    assert f"val/loss: recorded {recorded['val/loss']:.6g}, re-evaluated" in "\n".join(check(report, "metrics").details)
+    assert check(report, "rerun").evidence.startswith("2 step(s) of the recorded evaluator_frame recipe from seed 0, "
+                                                      "twice (1 CPU worker here): bit-identical weights")
+    skipped = audit(run_id, project["cfg"], root, replay=False)
+    assert {c.name: c.evidence for c in skipped.checks if c.name in ("metrics", "rerun")} == \
+        dict.fromkeys(("metrics", "rerun"), "not run (--no-replay): `usam audit RUN` evaluates and re-runs")
     completeness = check(report, "completeness").evidence
     assert "dataset inputs or cards" in completeness and "1 run(s) with this configuration, seed(s) 0" in completeness
     assert "parameter count" not in completeness and "training time" not in completeness
@@ -111,7 +120,7 @@ def test_a_fresh_run_audits_clean(project: dict, capsys, monkeypatch):
     page = (root / "audit.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
     assert not any(external in page for external in ("<link", "<script", "src=", "@import"))  # self-contained
-    assert page.count('class="badge" style="background:#1a7f37">PASS') == 7
+    assert page.count('class="badge" style="background:#1a7f37">PASS') == 9
     assert 'style="background:#9a6700">WARN' in page
     markdown = render(report, "md")
     assert "| checkpoint | **PASS** | models/moving_digits/weights.pt has the recorded sha256" in markdown
@@ -158,9 +167,39 @@ def test_an_edited_checkpoint_fails_the_checkpoint_check(project: dict):
     with restored(weights):
         weights.write_bytes(weights.read_bytes() + b"\0")
         report = audited(project)
-    assert_only(report, project, "checkpoint", "FAIL")
+    # the metrics check will not evaluate weights that are not the recorded ones
+    assert statuses(report) == {**project["baseline"], "checkpoint": "FAIL", "metrics": "WARN"}
+    assert check(report, "metrics").evidence.startswith("not re-evaluated: models/moving_digits/weights.pt is missing or "
+                                                        "is not the recorded file")
     assert "the weights changed since training" in check(report, "checkpoint").evidence
     assert check(report, "checkpoint").evidence.startswith("models/moving_digits/weights.pt has sha256 ")
+
+
+@pytest.mark.slow
+def test_a_recorded_metric_the_weights_do_not_give_fails_the_metrics_check(project: dict):
+    client = client_for(project["cfg"], project["root"])
+    run_id = project["run_id"]
+    history = client.get_metric_history(run_id, "val/loss")
+    last = max(history, key=lambda m: (m.step, m.timestamp))
+    try:
+        client.log_metric(run_id, "val/loss", last.value * 1.05, step=last.step + 1)  # what a doctored record shows
+        report = audited(project)
+    finally:
+        client.log_metric(run_id, "val/loss", last.value, step=last.step + 2)
+    assert_only(report, project, "metrics", "FAIL")
+    assert f"val/loss {last.value * 1.05:.6g} -> {last.value:.6g}" in check(report, "metrics").evidence
+    assert statuses(audited(project)) == project["baseline"]
+
+
+@pytest.mark.slow
+def test_an_unseeded_start_fails_the_rerun_check(project: dict, monkeypatch):
+    """Drop the seeding from the training loop: two short runs start from different weights."""
+    import usam.train.loop
+
+    monkeypatch.setattr(usam.train.loop, "seed_everything", lambda seed, deterministic=False: None)
+    report = audited(project)
+    assert_only(report, project, "rerun", "FAIL")
+    assert "the weights and optimizer differ, so training is not bit-exact here" in check(report, "rerun").evidence
 
 
 @pytest.mark.slow
@@ -233,8 +272,11 @@ def test_missing_artifacts_are_reported_not_raised(project: dict):
     assert statuses(report)["params"] == "WARN" and statuses(report)["environment"] == "WARN"
     assert check(report, "params").evidence.startswith("artifact config.yaml cannot be read")
     assert check(report, "environment").evidence.startswith("artifact provenance.json cannot be read")
-    assert {n: s for n, s in statuses(report).items() if n not in ("params", "environment")} == \
-        {n: s for n, s in project["baseline"].items() if n not in ("params", "environment")}
+    for name in ("metrics", "rerun"):  # nothing to replay without the recorded config
+        assert statuses(report)[name] == "WARN" and "artifact config.yaml cannot be read" in check(report, name).evidence
+    kept = ("params", "environment", "metrics", "rerun")
+    assert {n: s for n, s in statuses(report).items() if n not in kept} == \
+        {n: s for n, s in project["baseline"].items() if n not in kept}
 
 
 @pytest.mark.slow

@@ -277,7 +277,7 @@ def cmd_audit(args) -> int:
     from usam.repro.audit import audit
     from usam.repro.render import render
 
-    report = audit(args.run, _config(args), find_project_root())
+    report = audit(args.run, _config(args), find_project_root(), replay=not args.no_replay)
     text = render(report, args.format)
     if args.output:
         args.output.write_text(text)
@@ -424,12 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "audit", cmd_audit,
         help="check whether a recorded run can be reproduced (code, data, params, seeds, environment, ...)",
         description="Audit RUN against the project as it is now: each check says PASS, WARN or FAIL with its evidence.\n"
+        "The metrics and rerun checks evaluate the final weights again and train a few steps twice, here, on CPU.\n"
         "Exit status 1 when a check fails. Examples:\n"
         "  usam audit latest                      # the newest finished training run\n"
-        "  usam audit <run-id> --format html -o audit.html",
+        "  usam audit <run-id> --format html -o audit.html\n"
+        "  usam audit <run-id> --no-replay        # seconds: leave out the metrics and rerun checks",
         run=RUN_REF,
     )
     audit.add_argument("--format", choices=("md", "html", "json"), default="md", help="report format (default: md)")
+    audit.add_argument("--no-replay", action="store_true",
+                       help="leave out the checks that evaluate or train here (metrics, rerun)")
     audit.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report to FILE instead of stdout")
     _add_config_args(audit, TRACKING_PARAMS)
 
