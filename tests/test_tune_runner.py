@@ -1,8 +1,9 @@
-"""Sweeps and ablation grids on the real Ray Tune, real Ray Train trials and a real MLflow store.
+"""Sweeps and ablation grids on the real Ray Tune, real training trials and a real MLflow store.
 
 A 2-trial Optuna sweep and a 2x2 ablation grid complete with correctly nested runs and a correct
-table; a failing trial is recorded as failed and does not sink the sweep; a sweep whose driver is
-killed resumes to completion with every trial once.
+table; a failing trial is recorded as failed and does not sink the sweep; ASHA stops weak trials
+and the next ones still get their CPUs; a sweep whose driver is killed resumes to completion with
+every trial once.
 """
 
 from __future__ import annotations
@@ -105,6 +106,33 @@ def test_a_two_trial_optuna_sweep_nests_its_runs_and_tables_them(project: Path, 
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
     assert {"study/trials.csv", "study/report.html", "study/best.yaml"} <= logged
     assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_asha_stops_weak_trials_and_the_next_ones_still_run(project: Path, ray_instance):
+    """One CPU per trial on a 2-CPU Ray, six trials one after another: the trials ASHA stops end as KILLED
+    runs (outcome tag) and free their CPU, so every trial runs; the survivors train all epochs in the
+    trial's own process."""
+    spec = _spec(project, "asha.yaml", {
+        "task": "evaluator_frame", "overrides": [*EVAL, "evaluator.train.max_steps=null"],
+        "space": {"evaluator.train.lr": {"type": "loguniform", "low": 1e-5, "high": 3e-2}},
+        "searcher": "random", "searcher_seed": 3, "trials": 6, "epochs": 3, "resources": {"cpus": 1},
+        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}, "seeds": [0],
+    })
+    table = sweep(spec, root=project, progress=False)
+    _, parent, children = _runs(project, _study_name(table, project))
+    stopped, done = table[table["status"] == "stopped early"], table[table["status"] == "completed"]
+    assert len(table) == 6 and table["trial_id"].is_unique and len(stopped) >= 1 and len(done) >= 1
+    assert (stopped["epochs"] < 3).all() and (done["epochs"] == 3).all()
+    assert (done["train_s"] > 0).all() and (done["duration_s"] >= done["train_s"]).all()
+    runs = {c.info.run_id: c for c in children}
+    assert set(runs) == set(table["mlflow_run_id"]) and parent.info.status == "FINISHED"
+    for run_id in stopped["mlflow_run_id"]:
+        assert runs[run_id].info.status == "KILLED" and runs[run_id].data.tags["usam.trial.outcome"] == "stopped early"
+    for run_id in done["mlflow_run_id"]:
+        assert runs[run_id].info.status == "FINISHED"
+        assert runs[run_id].data.tags["usam.train.where"] == "the Tune trial's process"
+    best = done.loc[done["val_loss"].idxmin()]
+    assert best["val_loss"] <= table["best_val_loss"].min() + 1e-9  # the stopped ones were the weaker ones
 
 
 def test_a_failing_trial_is_recorded_with_its_error_and_the_sweep_goes_on(project: Path, ray_instance):
