@@ -210,3 +210,75 @@ def test_the_kit_holds_every_file_and_rebuilds_the_same_weights(project: dict, t
     assert sha256_file(fresh / "rebuilt" / "weights.pt") == tags["checkpoint.sha256"]
     verified = run(["bash", "-c", manifest["commands"]["verify"]], cwd=fresh, KIT=str(kit))
     assert verified.stdout.strip() == "rebuilt/weights.pt: OK"
+
+
+@pytest.mark.slow
+def test_commands_sh_rebuilds_the_run_from_the_kit_alone(project: dict, tmp_path: Path):
+    """Every step of COMMANDS.sh, run as a user runs it: the source, this venv as the environment (USAM_KIT_PYTHON,
+    checked against the lock; no network), the data rebuilt by `dvc repro` (the project has no DVC remote), the
+    training with the recorded config, and the sha256 check of the weights."""
+    tags = project["run"].data.tags
+    kit = tmp_path / "kit"
+    build_kit(project["run"].info.run_id, project["cfg"], project["root"], kit)
+    rebuild = tmp_path / "rebuild"
+    done = run(["bash", str(kit / "COMMANDS.sh"), str(rebuild)], cwd=tmp_path, USAM_KIT_PYTHON=sys.executable)
+    out = done.stdout.splitlines()
+    assert [line.split(".")[0] for line in out if line.startswith("== ")] == ["== 1", "== 2", "== 3", "== 4", "== 5"]
+    assert f"reusing the environment of {sys.executable} (USAM_KIT_PYTHON)" in out
+    assert f"environment matches {kit / 'environment.lock'}" in out
+    assert "Running stage 'data'" in done.stdout and "all 2 DVC outputs have the recorded md5" in out
+    assert out[-1] == "rebuilt/weights.pt: OK" and "COMMANDS.sh: step" not in done.stderr
+    assert sha256_file(rebuild / "rebuilt" / "weights.pt") == tags["checkpoint.sha256"]
+
+    # the data step made the data: DVC's hash of each output on disk (not just dvc.lock) is the recorded md5
+    from dvc.repo import Repo
+
+    assert not (rebuild / "data" / "raw" / "moving_digits").is_symlink()
+    with Repo(str(rebuild)) as repo:
+        on_disk = {Path(o.fs_path).relative_to(rebuild).as_posix(): o.get_hash().value for o in repo.index.outs}
+    recorded = {p: tags[f"dvc.out.{p}"] for p in ("data/raw/moving_digits", "data/prepared/moving_digits")}
+    assert on_disk == recorded
+
+
+def test_a_failing_commands_sh_step_stops_the_script_and_names_it(tmp_path: Path):
+    """Each step is an `a && b` list, whose failing first commands `set -e` alone would let pass: the script stops
+    at the step that fails, names it, and runs none after it. And USAM_KIT_PYTHON must name an interpreter."""
+    from types import SimpleNamespace
+
+    from usam.repro.kit import commands_script, rebuild_commands
+    from usam.track.provenance import installed_packages
+
+    record = SimpleNamespace(run=SimpleNamespace(info=SimpleNamespace(run_id="0123abcd", run_name="frame/x")),
+                             tags={"usam.task": "evaluator_frame"})
+    kit = tmp_path / "kit"
+    (kit / "src").mkdir(parents=True)
+    (kit / "src" / "params.yaml").write_text("seed: 0\n")
+    with tarfile.open(kit / "source.tar", "w") as tar:
+        tar.add(kit / "src" / "params.yaml", "params.yaml")
+    packages = {**installed_packages(), "numpy": "1.0.0"}
+    (kit / "environment.lock").write_text("".join(f"{n}=={v}\n" for n, v in packages.items()))
+    (kit / "COMMANDS.sh").write_text(commands_script(record, "c" * 40, rebuild_commands(record, "0" * 64, {"outs": {}})))
+
+    def commands(folder: str, **env: str):
+        proc = run(["bash", str(kit / "COMMANDS.sh"), folder], cwd=tmp_path, check=False, **env)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    # the environment differs from the lock in one package: step 2 lists it and stops there
+    code, out, err = commands("drift", USAM_KIT_PYTHON=sys.executable)
+    assert code == 1 and f"version  numpy: locked 1.0.0, installed {installed_packages()['numpy']}" in out
+    assert err.strip().splitlines()[-1] == (
+        "COMMANDS.sh: step 2 failed (exit 1): the environment from the lock (a new .venv, or the one of "
+        "USAM_KIT_PYTHON checked against the lock). The steps after it did not run.")
+    assert "== 1. the source at commit " + "c" * 40 in out and "== 3." not in out
+    assert (tmp_path / "drift" / "params.yaml").is_file() and not (tmp_path / "drift" / "rebuilt").exists()
+
+    # the source archive is damaged: step 1 (`tar ... && git init`) stops the script at tar
+    (kit / "source.tar").write_bytes(b"not a tar file")
+    code, out, err = commands("damaged", USAM_KIT_PYTHON=sys.executable)
+    assert code != 0 and f"COMMANDS.sh: step 1 failed (exit {code}): the source at commit {'c' * 40}." in err
+    assert "== 2." not in out and not (tmp_path / "damaged" / ".git").exists()
+
+    # USAM_KIT_PYTHON that is no interpreter: refused before anything is made
+    code, _, err = commands("nothing", USAM_KIT_PYTHON=str(tmp_path / "no-python"))
+    assert code == 2 and f"USAM_KIT_PYTHON={tmp_path / 'no-python'} is not an executable file" in err
+    assert not (tmp_path / "nothing").exists()

@@ -208,22 +208,57 @@ sys.exit(1 if bad else 0)
 '''
 
 
+# Step 2 with USAM_KIT_PYTHON set: that interpreter's environment instead of a new .venv, once `usam env check`
+# finds its packages equal to the lock (it lists every difference otherwise); a Python project's source (it has a
+# pyproject.toml) goes first on PYTHONPATH, as the default's `pip install -e .` puts it first.
+REUSE_ENVIRONMENT = ('echo "reusing the environment of $USAM_KIT_PYTHON (USAM_KIT_PYTHON)" && '
+                     '"$USAM_KIT_PYTHON" -m usam.cli env check --lock "$KIT/environment.lock" && '
+                     'export PATH="$(dirname "$USAM_KIT_PYTHON"):$PATH" && '
+                     '{ [ ! -f pyproject.toml ] || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"; }')
+
+
 def commands_script(record: RunRecord, commit: str, commands: dict[str, str]) -> str:
-    """``COMMANDS.sh``: the rebuild steps in order, into the folder given as its argument."""
-    steps = [("the source at commit " + commit, "source"), ("the environment from the lock", "environment"),
+    """``COMMANDS.sh``: the rebuild steps in order, into the folder given as its argument.
+
+    Each step runs in the script's own shell (its ``export``s hold for the steps after it); a step that fails, at
+    any of its commands, stops the script with a message naming it. Step 2 creates ``.venv`` from the lock unless
+    ``USAM_KIT_PYTHON`` names the python of an existing environment (see ``REUSE_ENVIRONMENT``).
+    """
+    steps = [("the source at commit " + commit, "source"),
+             ("the environment from the lock (a new .venv, or the one of USAM_KIT_PYTHON checked against the lock)",
+              "environment"),
              ("the data, by the recorded DVC hashes (pulled from the remote, else rebuilt)", "data"),
              ("retrain with the recorded config", "train"), ("the weights must have the recorded sha256", "verify")]
     lines = [
         "#!/usr/bin/env bash",
         f"# Rebuild run {record.run.info.run_id} ({record.run.info.run_name}) from this kit.",
         "# Usage: bash COMMANDS.sh [FOLDER]   (default: rebuild/ next to the kit)",
+        "# Step 2 creates FOLDER/.venv from environment.lock (pip needs the package index). To reuse an existing",
+        "# environment instead:  USAM_KIT_PYTHON=/path/to/venv/bin/python bash COMMANDS.sh [FOLDER]",
+        "# It must hold exactly the locked packages: the step lists every difference and stops otherwise.",
+        "# A step that fails stops the script, and the message names it.",
         "set -euo pipefail",
         'KIT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
         'SRC="${1:-$KIT/rebuild}"',
-        'mkdir -p "$SRC" && cd "$SRC"',
+        'if [ -n "${USAM_KIT_PYTHON:-}" ]; then  # an absolute path, before the cd below',
+        '  [ -f "$USAM_KIT_PYTHON" ] && [ -x "$USAM_KIT_PYTHON" ] || {',
+        '    echo "COMMANDS.sh: USAM_KIT_PYTHON=$USAM_KIT_PYTHON is not an executable file (give the path of a python)" >&2',
+        "    exit 2",
+        "  }",
+        '  USAM_KIT_PYTHON="$(cd "$(dirname "$USAM_KIT_PYTHON")" && pwd)/$(basename "$USAM_KIT_PYTHON")"',
+        "fi",
+        'failed() { echo "COMMANDS.sh: step $1 failed (exit $3): $2. The steps after it did not run." >&2; exit "$3"; }',
+        'mkdir -p "$SRC"',
+        'cd "$SRC"',
     ]
     for n, (what, key) in enumerate(((w, k) for w, k in steps if k in commands), 1):
-        lines += ["", f"# {n}. {what}", commands[key]]
+        body = [commands[key]]
+        if key == "environment":
+            body = ['if [ -n "${USAM_KIT_PYTHON:-}" ]; then', f"  {REUSE_ENVIRONMENT}", "else",
+                    f"  {commands[key]}", "fi"]
+        # `set -e` spares every command of an `a && b` list but the last: `|| failed` catches them all
+        lines += ["", f"# {n}. {what}", f"echo {shlex.quote(f'== {n}. {what}')}", "{", *body,
+                  f"}} || failed {n} {shlex.quote(what)} $?"]
     return "\n".join(lines) + "\n"
 
 
@@ -254,6 +289,11 @@ def readme(manifest: dict[str, Any], data: dict) -> str:
         "Rebuild with `bash COMMANDS.sh [FOLDER]`; each step, run by hand from FOLDER with `KIT` set to this folder:",
         "",
         *(f"- {step}: `{cmd}`" for step, cmd in manifest["commands"].items()),
+        "",
+        ("`environment` creates `.venv` from the lock, which needs the package index. To reuse an existing environment "
+         "instead, run `USAM_KIT_PYTHON=/path/to/venv/bin/python bash COMMANDS.sh [FOLDER]`: the step first checks its "
+         "packages against `environment.lock` (`usam env check`), lists every difference and stops unless they match. "
+         "A step that fails stops the script with a message naming it."),
         "",
         "On CPU with the recipe's `deterministic` flag on, the retrained weights have the sha256 above, bit for bit.",
     ]
