@@ -105,7 +105,9 @@ def test_a_two_trial_optuna_sweep_nests_its_runs_and_tables_them(project: Path, 
     assert (out / "optimization_history.png").read_bytes()[:4] == b"\x89PNG"
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
     assert {"study/trials.csv", "study/report.html", "study/best.yaml"} <= logged
-    assert "data:image/png;base64," in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page
+    assert all(f"<td>{trial}</td>" in page for trial in table["trial_id"])  # the trial table, one row per trial
 
 
 def test_asha_stops_weak_trials_and_the_next_ones_still_run(project: Path, ray_instance):

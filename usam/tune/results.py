@@ -309,7 +309,7 @@ def _html(study, sections: list[str], images: dict[str, bytes]) -> str:
             body.append(html_table(table_rows))
             table_rows.clear()
 
-    for line in sections:
+    for line in (line for section in sections for line in section.splitlines()):  # a section may be a whole table
         if line.startswith("|"):
             if not line.startswith("|---"):
                 table_rows.append([c.strip() for c in line.strip("|").split("|")])
