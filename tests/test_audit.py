@@ -313,6 +313,11 @@ def test_an_unknown_run_is_one_clear_error(empty_project: Path, tmp_path: Path, 
     assert main(["audit", "latest", other]) == 2
     err = capsys.readouterr().err
     assert "no run 'latest' in the tracking store" in err and "other.db" in err and "Traceback" not in err
+    assert main(["audit", "latest", "--format", "json", other]) == 2  # overrides may follow the options too
+    assert "other.db" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["audit", "latest", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 def test_the_dataloader_scan_names_each_call_without_a_generator(tmp_path: Path):

@@ -469,7 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # overrides may also follow the options (`usam audit RUN --format json a=1`): argparse leaves those over
+    if extra and isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-")
+                                                                            for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "fn", None):
         parser.print_help()
         return 0
