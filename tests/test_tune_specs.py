@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from usam.config import compose
 from usam.errors import ConfigError
 from usam.tune.spec import grid_size, load_ablation, load_sweep
 from usam.tune.stats import mean_std, verdict, welch
@@ -128,7 +129,7 @@ def test_each_searcher_and_dimension_becomes_its_tune_counterpart(tmp_path):
     from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
-    from usam.tune.runner import _budget, _repeatable, _tune_config, param_space, trial_overrides
+    from usam.tune.runner import _budget, _repeatable, _tune_config, param_space, recipe, trial_overrides, trial_resources
 
     space = {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 3e-4},
              "train.grad_clip": {"type": "uniform", "low": 1.0, "high": 5.0},
@@ -144,7 +145,14 @@ def test_each_searcher_and_dimension_becomes_its_tune_counterpart(tmp_path):
     config = _tune_config("sweep", spec)
     assert isinstance(config.search_alg, OptunaSearch) and isinstance(config.scheduler, ASHAScheduler)
     assert config.num_samples == 4 and config.metric == "val_loss" and config.mode == "min"
-    assert _budget("sweep", spec) == ["train.epochs=6", "train.cpus_per_worker=1.75", "train.use_gpu=false"]
+    # one worker: it trains in the trial, on all of the trial's CPUs; two: each gets half of what the waiting
+    # trial (0.25 CPU) leaves
+    assert _budget("sweep", spec) == ["train.epochs=6", "train.cpus_per_worker=2", "train.use_gpu=false"]
+    assert trial_resources(recipe(compose([*spec.overrides, *_budget("sweep", spec)]), spec.task)) == {"CPU": 2.0}
+    ddp = load_sweep(_write(tmp_path, {**BASE, "overrides": [*BASE.get("overrides", []), "train.workers=2"],
+                                       "resources": {"cpus": 2}}))
+    assert _budget("sweep", ddp)[1] == "train.cpus_per_worker=0.875"
+    assert trial_resources(recipe(compose([*ddp.overrides, *_budget("sweep", ddp)]), ddp.task)) == {"CPU": 0.25}
     assert trial_overrides("sweep", 4, point={"train.lr": 2e-4, "seed": 9}) == ["train.lr=0.0002", "seed=4"]
     assert _repeatable("sweep", spec)[0]
     grid = load_sweep(_write(tmp_path, {**BASE, "space": {"train.lr": {"type": "grid", "values": [1e-4, 2e-4]}},
