@@ -470,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    extra = [e for e in extra if e != "--"]
     # overrides may also follow the options (`usam audit RUN --format json a=1`): argparse leaves those over
     if extra and isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-")
                                                                             for e in extra):

@@ -237,7 +237,8 @@ def _terminate_on_exit(client, handle: TrackedRun) -> Iterator[None]:
         yield
     except BaseException as exc:
         handle.flush()
-        killed = isinstance(exc, (KeyboardInterrupt, SystemExit, Interrupted))  # SystemExit: Ray/Tune stopping us
+        stopped = isinstance(exc, SystemExit) and exc.code in (0, None)  # Ray/Tune stopping us (ASHA, Ctrl-C)
+        killed = stopped or isinstance(exc, (KeyboardInterrupt, Interrupted))
         client.set_terminated(handle.run_id, status="KILLED" if killed else "FAILED")
         raise
     handle.flush()

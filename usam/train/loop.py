@@ -119,7 +119,8 @@ class LocalSession:
         self.device, self.folder, self.keep, self.tune, self.start = device, Path(folder), max(keep, 1), tune, start
         self.last: tuple[dict, Path] | None = None
         # a resumed trial numbers on from the checkpoints its earlier attempt kept (the newest are kept)
-        self._count = max((int(p.name.rsplit("_", 1)[1]) for p in self.folder.glob("checkpoint_*")), default=0)
+        self._count = max((int(p.name[11:]) for p in self.folder.glob("checkpoint_*") if p.name[11:].isdigit()),
+                          default=0)
 
     @contextmanager
     def restored(self) -> Iterator[Path | None]:
@@ -132,12 +133,13 @@ class LocalSession:
             yield self.start
             return
         with found.as_directory() as folder:
+            self.report({}, Path(folder), to_tune=False)  # kept: a trial restored after its last epoch saves no more
             yield Path(folder)
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
 
-    def report(self, metrics: dict, folder: Path) -> None:
+    def report(self, metrics: dict, folder: Path, to_tune: bool = True) -> None:
         import shutil
 
         self._count += 1
@@ -146,7 +148,7 @@ class LocalSession:
         for old in sorted(self.folder.glob("checkpoint_*"))[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         self.last = (metrics, kept)
-        if self.tune:
+        if self.tune and to_tune:
             from ray import tune
 
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(kept)))

@@ -37,20 +37,25 @@ class FitResult:
 
 
 def ensure_ray(cfg: Config) -> None:
-    """Join ``ray.address`` or start a local instance sized by ``ray.num_cpus``, once per process."""
+    """Join ``ray.address`` (or ``RAY_ADDRESS``, which `ray job submit` sets), or start a local instance sized
+    by ``ray.num_cpus``, once per process; never join a cluster that `ray start` merely left on this machine."""
+    import os
+
     import ray
 
     if ray.is_initialized():
         return
-    if cfg.ray.address:
+    address = cfg.ray.address or (os.environ.get("RAY_ADDRESS") if os.environ.get("RAY_ADDRESS") != "local" else None)
+    if address:
         try:
-            ray.init(address=cfg.ray.address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True)
         except Exception as exc:
             raise UsamError(
-                f"cannot join the Ray cluster at {cfg.ray.address!r}: {str(exc).splitlines()[0] if str(exc) else exc}",
-                where="ray.address", fix="start the cluster (`ray start --head`) or set ray.address=null for a local one",
+                f"cannot join the Ray cluster at {address!r}: {str(exc).splitlines()[0] if str(exc) else exc}",
+                where="ray.address / RAY_ADDRESS",
+                fix="start the cluster (`ray start --head`) or set ray.address=null (and unset RAY_ADDRESS) for a local one",
             ) from None
-    else:  # "local": never join a cluster that `ray start` left on this machine (its size is not ours)
+    else:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
                  object_store_memory=cfg.ray.object_store_mb * 2**20, log_to_driver=True)
 
@@ -163,6 +168,10 @@ def fit(
         except UsamError:
             raise
         except Exception as exc:
+            if here:  # no worker log to read: the traceback goes to this process's log (the trial's error file)
+                import traceback
+
+                traceback.print_exc()
             raise UsamError(
                 f"training failed after {0 if here else tcfg.max_failures} restart(s): {_first_line(exc)}", where=where,
                 fix=f"read the worker log above; continue from the last checkpoint with {resume_hint}",

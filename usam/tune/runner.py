@@ -121,7 +121,9 @@ def _run(kind: str, spec_path: Path, spec, extra: list[str], address: str | None
             tuner = tune.Tuner(trainable, param_space=param_space(kind, spec), tune_config=_tune_config(kind, spec),
                                run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                                          verbose=1 if progress else 0,
-                                                         failure_config=tune.FailureConfig(max_failures=0)))
+                                                         failure_config=tune.FailureConfig(max_failures=0),
+                                                         checkpoint_config=tune.CheckpointConfig(
+                                                             num_to_keep=train.keep_checkpoints)))
         grid = tuner.fit()
         from usam.tune.results import write_study
 
