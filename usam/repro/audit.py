@@ -556,7 +556,7 @@ RTOL, ATOL = 1e-3, 1e-6  # re-evaluated metrics agree within RTOL * |recorded| +
 RERUN_STEPS = 2
 
 
-def _replayable(record: RunRecord, root: Path) -> tuple[str | None, str | None]:
+def _replayable(record: RunRecord) -> tuple[str | None, str | None]:
     """(task, None) when the run can be replayed here, else (None, why not)."""
     task = record.tags.get("usam.task")
     if task is None:
@@ -571,7 +571,7 @@ def check_metrics(record: RunRecord, root: Path) -> Check:
     from usam.paths import resolve
     from usam.train.replay import evaluate_weights
 
-    task, why = _replayable(record, root)
+    task, why = _replayable(record)
     if task is None:
         return Check("metrics", WARN, f"not re-evaluated: {why}")
     recorded = {k: v for k, v in record.run.data.metrics.items() if k.startswith("val/")}
@@ -613,7 +613,7 @@ def check_rerun(record: RunRecord, root: Path, steps: int = RERUN_STEPS) -> Chec
     """``steps`` optimizer steps of the recorded recipe, twice from its seeded start: identical tensors."""
     from usam.train.replay import short_run
 
-    task, why = _replayable(record, root)
+    task, why = _replayable(record)
     if task is None:
         return Check("rerun", WARN, f"not re-run: {why}")
     first, second = (short_run(record.config, task, root=root, steps=steps) for _ in range(2))

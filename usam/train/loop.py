@@ -114,9 +114,8 @@ class LocalSession:
 
     rank, world = 0, 1
 
-    def __init__(self, device: torch.device, folder: Path, keep: int = 1, *, tune: bool = False,
-                 start: Path | None = None):
-        self.device, self.folder, self.keep, self.tune, self.start = device, Path(folder), max(keep, 1), tune, start
+    def __init__(self, device: torch.device, folder: Path, keep: int = 1, *, tune: bool = False):
+        self.device, self.folder, self.keep, self.tune = device, Path(folder), max(keep, 1), tune
         self.last: tuple[dict, Path] | None = None
         # a resumed trial numbers on from the checkpoints its earlier attempt kept (the newest are kept)
         self._count = max((int(p.name[11:]) for p in self.folder.glob("checkpoint_*") if p.name[11:].isdigit()),
@@ -130,7 +129,7 @@ class LocalSession:
 
             found = tune.get_checkpoint()
         if found is None:
-            yield self.start
+            yield None
             return
         with found.as_directory() as folder:
             self.report({}, Path(folder), to_tune=False)  # kept: a trial restored after its last epoch saves no more

@@ -39,13 +39,11 @@ class FitResult:
 def ensure_ray(cfg: Config) -> None:
     """Join ``ray.address`` (or ``RAY_ADDRESS``, which `ray job submit` sets), or start a local instance sized
     by ``ray.num_cpus``, once per process; never join a cluster that `ray start` merely left on this machine."""
-    import os
-
     import ray
 
     if ray.is_initialized():
         return
-    address = cfg.ray.address or (os.environ.get("RAY_ADDRESS") if os.environ.get("RAY_ADDRESS") != "local" else None)
+    address = ray_address(cfg)
     if address:
         try:
             ray.init(address=address, log_to_driver=True)
@@ -58,6 +56,15 @@ def ensure_ray(cfg: Config) -> None:
     else:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
                  object_store_memory=cfg.ray.object_store_mb * 2**20, log_to_driver=True)
+
+
+def ray_address(cfg: Config) -> str | None:
+    """The cluster to join: ``ray.address``, else ``RAY_ADDRESS`` (which `ray job submit` sets) unless it is
+    ``local``; None: start a local instance."""
+    import os
+
+    env = os.environ.get("RAY_ADDRESS")
+    return cfg.ray.address or (env if env and env != "local" else None)
 
 
 def check_resources(task_cfg, cluster: dict) -> None:

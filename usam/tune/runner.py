@@ -131,17 +131,17 @@ def _run(kind: str, spec_path: Path, spec, extra: list[str], address: str | None
 
 
 def _start_ray(cfg: Config) -> None:
-    """Join ``ray.address``, or start a local instance with the dashboard: a trial that ASHA stops is killed,
+    """Join ``ray.address`` (or ``RAY_ADDRESS``), or start a local instance with the dashboard: a trial that ASHA stops is killed,
     and Ray Train's placement-group cleaner learns of its dead controller through the dashboard's state API
     (without it the stopped trial's CPUs stay reserved and the next trial waits forever)."""
     import ray
 
-    from usam.train.trainer import ensure_ray
+    from usam.train.trainer import ensure_ray, ray_address
 
     if ray.is_initialized():
         return
-    if cfg.ray.address:
-        _answers(cfg.ray.address)
+    if ray_address(cfg):
+        _answers(ray_address(cfg))
         ensure_ray(cfg)
         return
     ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
