@@ -15,16 +15,16 @@ import shutil
 import torch
 
 from pipelines import evaluator_weights, record_weights
+from usam.artifacts.sampling import classify_frames
 from usam.config import load_params
-from usam.data.atomic import atomic_dir
 from usam.errors import UsamError, main_guard
 from usam.eval.generators import load_generator
-from usam.eval.sampling import classify_frames
+from usam.files import atomic_dir
+from usam.media.panels import write_grid
 from usam.paths import find_project_root, resolve
 from usam.track import client_for
 from usam.train import fit, with_dataset
 from usam.train.tasks import BASELINES, make_task
-from usam.train.usam_task import write_grid
 
 
 @main_guard

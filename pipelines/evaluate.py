@@ -29,17 +29,19 @@ import numpy as np
 import torch
 
 from pipelines import evaluator_weights
+from usam.artifacts.loaders import load_evaluator
+from usam.artifacts.sampling import classify_frames
 from usam.config import load_params
-from usam.data.atomic import atomic_dir
+from usam.data import VideoDataset
 from usam.errors import UsamError, main_guard
 from usam.eval.cost import flops_of, median_latency, training_record
-from usam.eval.fidelity import register_domain_extractor, video_fidelity
+from usam.eval.fidelity import frames_of, inception_scores, register_domain_extractor, video_fidelity
 from usam.eval.generators import load_generator
-from usam.eval.judges import load_evaluator
-from usam.eval.panels import save_png, strip_grid
-from usam.eval.sampling import classify_frames
 from usam.eval.temporal import feature_consistency, warping_error
-from usam.eval.video_metrics import flicker
+from usam.files import atomic_dir
+from usam.media.panels import save_png, strip_grid
+from usam.media.perceptual import LpipsDistance, load_domain_distance
+from usam.media.video_metrics import flicker
 from usam.paths import find_project_root, resolve
 from usam.track import client_for
 from usam.train import with_dataset
@@ -86,7 +88,6 @@ def diversity(videos: torch.Tensor, classes: torch.Tensor, distance, per_class: 
 
 
 def perceptual(cfg, root, name: str, normalize: dict):
-    from usam.eval.perceptual import LpipsDistance, load_domain_distance
 
     if cfg.eval.lpips_weights:
         return LpipsDistance(resolve(cfg.eval.lpips_weights, root), cfg.eval.lpips_sha256)
@@ -129,7 +130,6 @@ def main(argv: list[str] | None = None) -> None:
     floor = video_fidelity(test, train, frame_ext, clip_ext, kid_subset=kid)
     scores.update({f"floor/{k}": v for k, v in floor.items() if k.split("_")[0] in ("fid", "fvd", "kid", "is")})
     if cfg.eval.inception_weights:
-        from usam.eval.fidelity import frames_of, inception_scores
 
         scores.update(inception_scores(frames_of(test), frames_of(fake), resolve(cfg.eval.inception_weights, root),
                                        cfg.eval.inception_sha256, kid_subset=kid))
@@ -161,7 +161,6 @@ def main(argv: list[str] | None = None) -> None:
         ow, osha = evaluator_weights(root, other, "frame")
         cw, csha = evaluator_weights(root, other, "clip")
         o_cfg = with_dataset(cfg, other)
-        from usam.data import VideoDataset
 
         o_norm = VideoDataset(resolve(o_cfg.data.root, root) / "prepared" / other / "val", o_cfg.preprocess,
                               train=False, seed=cfg.seed).stats

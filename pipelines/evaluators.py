@@ -10,9 +10,9 @@ import json
 import shutil
 
 from pipelines import dataset_stage, record_weights
-from usam.data.atomic import atomic_dir
 from usam.errors import main_guard
 from usam.eval.evaluators import accuracy
+from usam.files import atomic_dir
 from usam.paths import resolve
 from usam.track import client_for
 from usam.train import fit, with_dataset

@@ -14,15 +14,15 @@ import shutil
 import torch
 
 from pipelines import dataset_stage, evaluator_weights, record_weights
-from usam.data.atomic import atomic_dir
+from usam.artifacts.sampling import Sampler, classify_frames
 from usam.errors import main_guard
-from usam.eval.sampling import Sampler, classify_frames
+from usam.files import atomic_dir
+from usam.media.panels import write_grid
 from usam.models import parameter_count
 from usam.paths import resolve
 from usam.track import client_for
 from usam.train import fit, with_dataset
 from usam.train.tasks import make_task
-from usam.train.usam_task import write_grid
 
 
 @main_guard

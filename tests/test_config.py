@@ -6,8 +6,8 @@ import math
 
 import pytest
 import yaml
-
 from conftest import REPO, run
+
 from usam.config import compose, config_hash, flatten, load_params, to_dict, write_params
 from usam.config.compose import CONF_DIR, compose_dict
 from usam.config.schema import Config

@@ -10,8 +10,8 @@ import pytest
 
 from usam.config import compose
 from usam.data import build_dataset, dataset_hashes, verify_dataset
-from usam.data.store import sha256_file
 from usam.errors import DataError
+from usam.files import sha256_file
 
 SMALL = ["data.num_videos.train=8", "data.num_videos.val=4", "data.num_videos.test=4"]
 # 0.0002 x 1,797 source images rounds to none: valid config, but the test split cannot be generated

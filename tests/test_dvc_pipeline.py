@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, TINY, run, tracked_files
+
 from usam.config import compose
+from usam.files import sha256_file
 from usam.track import client_for
-from usam.track.provenance import sha256_file
 
 DATASETS = ("moving_digits", "bouncing_shapes")
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
-
+import tomllib
 from conftest import REPO, run
+
 from usam.errors import UsamError
 from usam.repro.environment import Drift, compare, read_lock
 from usam.track.provenance import installed_packages, normalize_name

@@ -4,7 +4,6 @@ cost measurement, the comparison table, and the refusals on bad input."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from usam.eval import fidelity as fid_mod
 from usam.eval.cost import flops_of, median_latency
 from usam.eval.fidelity import Uint8Set, check_sets, fidelity, register_domain_extractor
 from usam.eval.temporal import feature_consistency, optical_flow, warping_error
-from usam.eval.video_metrics import flicker
+from usam.media.video_metrics import flicker
 from usam.models.evaluators import FrameClassifier
 from usam.train.checkpoint import atomic_torch_save
 
@@ -203,7 +202,7 @@ def test_flicker_and_warping_error_are_zero_when_still_and_grow_with_injected_fl
 
 def test_feature_consistency_is_one_for_a_still_video_and_lower_for_a_changing_one(frame_judge):
     _, info = frame_judge
-    from usam.eval.judges import load_evaluator
+    from usam.artifacts.loaders import load_evaluator
 
     net, _ = load_evaluator("frame", info["path"], None)
     still = _frames(1, 3)[:, :, None].expand(-1, -1, 5, -1, -1)

@@ -16,10 +16,10 @@ from conftest import committed_project, git, run
 from usam.cli import main
 from usam.config import compose, config_hash, load_params
 from usam.errors import UsamError
+from usam.files import sha256_file
 from usam.repro.kit import build_kit
 from usam.repro.replicate import compare_metrics, replicate, tensor_differences
 from usam.track import client_for
-from usam.track.provenance import sha256_file
 
 KIT_FILES = {
     "source.tar", "environment.lock", "config.yaml", "params.yaml", "provenance.json", "data.json", "check_data.py",

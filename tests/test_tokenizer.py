@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from usam.config import compose
 from usam.data import build_dataset, preprocess_dataset
 from usam.errors import ConfigError, UsamError
-from usam.eval import video_metrics as vm
-from usam.eval.perceptual import DOMAIN_LABEL, DomainDistance, LpipsDistance
+from usam.media import video_metrics as vm
+from usam.media.perceptual import DOMAIN_LABEL, DomainDistance, LpipsDistance
 from usam.models.bsq import MultiScaleBSQ, ScaleSchedule
 from usam.models.evaluators import FrameClassifier
 from usam.models.tokenizer import SpacetimeTokenizer, latent_frames
-from usam.train.tokenizer_task import hinge_critic_loss, hinge_generator_loss, low_resolution
 from usam.train.tasks import make_task
+from usam.train.tokenizer_task import hinge_critic_loss, hinge_generator_loss, low_resolution
 
 SMALL = dict(bits=8, base_channels=8, res_blocks=1, spatial_down=4, temporal_down=2, scales=(1, 2, 4, 8))
 TINY_TOKENIZER = [

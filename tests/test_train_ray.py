@@ -166,10 +166,10 @@ def test_usam_train_resume_continues_an_interrupted_run_bit_exactly(project: Pat
 
 
 def test_the_tokenizer_trains_on_two_ddp_workers_with_every_loss_and_logs_panels(project: Path):
-    from usam.eval.perceptual import DOMAIN_LABEL
+    from usam.artifacts.loaders import load_tokenizer
     from usam.eval.tokenizer import score_tokenizer
+    from usam.media.perceptual import DOMAIN_LABEL
     from usam.models.evaluators import FrameClassifier
-    from usam.train.tokenizer_task import load_tokenizer
 
     torch.manual_seed(0)  # a stand-in frame evaluator, saved the way the evaluators stage saves one
     judge = project / "judge.pt"

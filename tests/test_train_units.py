@@ -111,7 +111,7 @@ def test_the_atomic_write_survives_a_kill_during_the_write(tmp_path):
 
 
 def test_exported_weights_with_a_wrong_hash_are_refused(tmp_path):
-    from usam.train import load_weights
+    from usam.artifacts.weights import load_weights
 
     path = tmp_path / "weights.pt"
     sha = ckpt.atomic_torch_save({"model": {"w": torch.ones(2)}}, path)

@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import BIN, REPO, TINY, venv_env
+
 from usam.config import compose
 from usam.data import build_dataset, preprocess_dataset
 from usam.errors import UsamError

@@ -19,12 +19,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, TINY, digits_and_tokenizer, venv_env
+
 from usam.config import compose
 from usam.errors import ConfigError, UsamError
+from usam.files import sha256_file
 from usam.models.evaluators import FrameClassifier
-from usam.track.provenance import sha256_file
 from usam.train.checkpoint import atomic_torch_save
 from usam.tune import stats
 from usam.tune.results import ablation_summary

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from usam.config import compose
 from usam.errors import ConfigError
 from usam.tune.spec import grid_size, load_ablation, load_sweep
@@ -129,7 +129,15 @@ def test_each_searcher_and_dimension_becomes_its_tune_counterpart(tmp_path):
     from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
-    from usam.tune.runner import _budget, _repeatable, _tune_config, param_space, recipe, trial_overrides, trial_resources
+    from usam.tune.runner import (
+        _budget,
+        _repeatable,
+        _tune_config,
+        param_space,
+        recipe,
+        trial_overrides,
+        trial_resources,
+    )
 
     space = {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 3e-4},
              "train.grad_clip": {"type": "uniform", "low": 1.0, "high": 5.0},

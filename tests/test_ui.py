@@ -11,8 +11,8 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import venv_env
+
 from usam.config import compose
 from usam.track import client_for, tracked_run
 

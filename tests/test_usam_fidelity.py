@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from usam.artifacts.sampling import Sampler, classify_frames
 from usam.config import compose
 from usam.data import build_dataset, preprocess_dataset
-from usam.eval.sampling import Sampler, classify_frames
 from usam.train.checkpoint import atomic_torch_save
 from usam.train.tasks import make_task
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from usam.artifacts.sampling import Sampler
 from usam.config import compose
 from usam.data import build_dataset, preprocess_dataset
+from usam.data.text import UNKNOWN_WORD, build_vocabulary, encode_text
 from usam.errors import UsamError
-from usam.eval.sampling import Sampler
 from usam.train.checkpoint import atomic_torch_save
 from usam.train.tasks import make_task
-from usam.train.usam_task import UNKNOWN_WORD, build_vocabulary, encode_text
 
 DATA = ["data.num_videos.train=16", "data.num_videos.val=4", "data.num_videos.test=4"]
 TINY = [*DATA, "tokenizer.arch.base_channels=8", "tokenizer.quantizer.bits=8", "model.width=32", "model.depth=2",

@@ -178,10 +178,10 @@ def cmd_sample(args) -> int:
     import dataclasses
     import time
 
-    from usam.eval.sampling import Sampler
+    from usam.artifacts.sampling import Sampler
+    from usam.media.panels import write_grid
     from usam.paths import find_project_root, resolve
     from usam.track import client_for
-    from usam.train.usam_task import write_grid
 
     cfg = _config(args)
     root = find_project_root()

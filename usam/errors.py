@@ -33,10 +33,20 @@ class DataError(UsamError):
     """A dataset is missing, corrupt or refers outside its root."""
 
 
+class CheckpointError(UsamError):
+    """A checkpoint or weights file is missing, incomplete or does not match its recorded hash."""
+
+
 class Interrupted(UsamError):
     """The user stopped the work (Ctrl-C); what was checkpointed can be resumed."""
 
     exit_code = 130
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def main_guard(fn):

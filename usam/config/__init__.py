@@ -1,4 +1,7 @@
-"""The validated configuration: compose the Hydra tree or read params.yaml, then check every value."""
+"""The validated configuration: compose the Hydra tree (``usam/conf``) or read params.yaml, then check every value.
+
+May import: errors. Every other package reads its knobs from here.
+"""
 
 from usam.config.compose import (
     compose,

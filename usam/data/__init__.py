@@ -1,4 +1,8 @@
-"""Datasets: synthetic generators, the user's video folder, the build/preprocess stages and the torch Dataset."""
+"""Datasets: synthetic generators, the user's video folder, the build/preprocess stages, the torch Dataset and
+the text vocabulary of the captions.
+
+May import: errors, paths, seeding, files, config.
+"""
 
 from usam.data.augment import augment_clip
 from usam.data.build import build_dataset, dataset_hashes, verify_dataset

@@ -6,13 +6,13 @@ import dataclasses
 from pathlib import Path
 
 from usam.config.schema import Config
-from usam.data.atomic import atomic_dir
 from usam.data.card import make_card, render_markdown, version_of
-from usam.data.store import MANIFEST, REBUILD, read_manifest, sha256_file, verify_files, write_json, write_videoset
+from usam.data.store import MANIFEST, REBUILD, read_manifest, verify_files, write_json, write_videoset
 from usam.data.synthetic import GENERATORS, generate_split
 from usam.data.video_folder import load_video_folder
 from usam.data.videoset import SPLITS
 from usam.errors import DataError
+from usam.files import atomic_dir, sha256_file
 
 DATASETS = (*GENERATORS, "video_folder")
 

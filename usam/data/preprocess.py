@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from usam.config.schema import Config
-from usam.data.atomic import atomic_dir
 from usam.data.imageops import resize_shorter_center_crop
-from usam.data.store import MANIFEST, read_manifest, sha256_file, split_order, verify_files, write_json, write_split
+from usam.data.store import MANIFEST, read_manifest, split_order, verify_files, write_json, write_split
 from usam.errors import DataError
+from usam.files import atomic_dir, sha256_file
 
 PREPROCESS_JSON = "preprocess.json"
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

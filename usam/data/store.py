@@ -16,6 +16,7 @@ import numpy as np
 
 from usam.data.videoset import SPLITS, VideoSet
 from usam.errors import DataError
+from usam.files import sha256_file
 
 SPLIT_FILES = ("videos.npy", "labels.npy", "meta.json")
 MANIFEST = "manifest.json"
@@ -40,12 +41,6 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(dumps(obj), encoding="utf-8")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def content_hash(files: dict[str, str]) -> str:

@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from usam.artifacts.weights import load_weights
 from usam.seeding import dataloader_generator
-
-from usam.train.trainer import load_weights
 
 
 def accuracy(task, weights_path: Path, split: str, *, expected_sha256: str | None = None,

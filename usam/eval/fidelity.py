@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from usam.artifacts.loaders import load_evaluator
+from usam.artifacts.weights import verified_file
 from usam.errors import UsamError
-from usam.eval.judges import load_evaluator, verified_file
 
 FEATURES, LOGITS = "features", "logits"
 _NETS: dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = {}  # extractor name -> (net, mean, std)

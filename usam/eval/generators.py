@@ -12,9 +12,13 @@ from pathlib import Path
 
 import torch
 
+from usam.artifacts.weights import load_weights
 from usam.config import Config
 from usam.errors import UsamError
 from usam.models import parameter_count
+from usam.paths import resolve
+from usam.track.provenance import sha256_file
+from usam.train.tasks import make_task
 
 
 @dataclass
@@ -54,9 +58,6 @@ class TrainedGenerator:
 
 def load_generator(name: str, cfg: Config, root: Path, weights: Path, sha256: str | None) -> TrainedGenerator:
     """The generator ``name`` trained on ``cfg.data.name``, from its exported weights."""
-    from usam.paths import resolve
-    from usam.train.tasks import make_task
-    from usam.train.trainer import load_weights
 
     state = load_weights(weights, sha256)
     if state.get("task") != name:
@@ -65,6 +66,5 @@ def load_generator(name: str, cfg: Config, root: Path, weights: Path, sha256: st
     task = make_task(name, cfg, resolve(cfg.data.root, root), root)
     model = task.build_model()
     model.load_state_dict(state["model"])
-    from usam.track.provenance import sha256_file
 
     return TrainedGenerator(name, task, model.eval(), sha256 or sha256_file(weights))

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from usam.artifacts.loaders import load_tokenizer
 from usam.seeding import dataloader_generator
-
-from usam.train.tokenizer_task import TokenizerTask, load_tokenizer
+from usam.train.tokenizer_task import TokenizerTask
 
 
 def score_tokenizer(task: TokenizerTask, weights_path: Path, split: str, *, expected_sha256: str | None = None,

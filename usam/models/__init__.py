@@ -1,4 +1,8 @@
-"""Models: torch only. A registry maps config names to constructors, so a model is picked by config."""
+"""Models: torch only. The tokenizer, quantizer, USAM, the baselines and the evaluator nets; a registry maps
+config names to constructors, so a model is picked by config.
+
+May import: torch and the standard library. A model knows nothing of files, Ray, MLflow or DVC.
+"""
 
 from __future__ import annotations
 

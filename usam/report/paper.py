@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from usam.report.markup import html_table
+from usam.repro.audit import audit
 
 COMPARISON = [("fid_domain", "FID-domain ↓", 1), ("fvd_domain", "FVD-domain ↓", 1), ("class_acc", "class acc ↑", 2),
               ("warping_error", "warping error ↓", 4), ("latency_s_batch1", "latency b1 (s) ↓", 3),
@@ -156,7 +157,6 @@ def reproducibility(root: Path, cfg, audit_runs: bool = True) -> Section:
     runs = _model_runs(root)
     verdicts: dict[str, dict[str, str]] = {}
     if audit_runs:
-        from usam.repro.audit import audit
 
         for label, run_id in runs.items():
             try:

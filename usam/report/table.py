@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from usam.errors import UsamError
-from usam.track import client_for
+from usam.track import client_for, tracked_run
 
 CODE = {"usam": "usam/models/usam.py", "raster_ar": "usam/models/raster_ar.py", "maskgit": "usam/models/baselines.py",
         "gan": "usam/models/baselines.py", "diffusion": "usam/models/baselines.py"}
@@ -187,7 +187,6 @@ def write(root: Path, cfg) -> str:
     for f in sorted((root / "eval").glob("*/*/training_curve.csv")):
         (curves / f"{f.parent.parent.name}_{f.parent.name}.csv").write_text(f.read_text())
     if client is not None:
-        from usam.track import tracked_run
 
         with tracked_run(cfg, stage="table", run_name="comparison", root=root) as run:
             for name in ("comparison.csv", "comparison.md", "comparison.html"):

@@ -31,7 +31,11 @@ import yaml
 
 from usam.config import Config, config_hash, flatten, load_params, to_dict, train_section
 from usam.errors import UsamError
-from usam.track import provenance
+from usam.paths import resolve
+from usam.repro.environment import BOOTSTRAP, PROJECT, _same_version, read_lock
+from usam.track import client_for, provenance, tracking_uri
+from usam.train import with_dataset
+from usam.train.replay import evaluate_weights, short_run
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 SHOWN = 5  # items named in one evidence sentence before "and N more"
@@ -349,7 +353,6 @@ def check_params(record: RunRecord, root: Path) -> Check:
         return Check("params", PASS, f"config.yaml re-composes to the recorded hash {_short(recorded)} "
                                      f"(usam.command: {record.tags.get('usam.command', 'not recorded')})")
     try:
-        from usam.train import with_dataset
 
         current = with_dataset(load_params(root / "params.yaml"), record.config.data.name)
     except UsamError as exc:
@@ -439,7 +442,6 @@ def _is_test(path: Path) -> bool:
 
 def check_environment(record: RunRecord, root: Path) -> Check:
     """Recorded packages vs this environment (FAIL on a difference) vs ``environment.lock`` (WARN on one)."""
-    from usam.repro.environment import read_lock
 
     now = provenance.software(root)
     shown = _software_line(now, provenance.hardware())
@@ -477,7 +479,6 @@ def check_environment(record: RunRecord, root: Path) -> Check:
 
 def _version_diff(a: dict[str, str], b: dict[str, str], a_name: str, b_name: str) -> list[str]:
     """One line per package present in only one side or at another version (``pip``-style bootstrap tools skipped)."""
-    from usam.repro.environment import BOOTSTRAP, PROJECT, _same_version
 
     lines = []
     for name in sorted(set(a) | set(b)):
@@ -532,7 +533,6 @@ def _flags_line(flags: dict) -> str:
 
 def check_checkpoint(record: RunRecord, root: Path) -> Check:
     """sha256 of the file at ``checkpoint.path`` equals ``checkpoint.sha256``."""
-    from usam.paths import resolve
 
     path, expected = record.tags.get("checkpoint.path"), record.tags.get("checkpoint.sha256")
     if path is None and expected is None:
@@ -568,8 +568,6 @@ def _replayable(record: RunRecord) -> tuple[str | None, str | None]:
 
 def check_metrics(record: RunRecord, root: Path) -> Check:
     """The final weights, evaluated again on the validation split, give the run's last recorded ``val/*`` metrics."""
-    from usam.paths import resolve
-    from usam.train.replay import evaluate_weights
 
     task, why = _replayable(record)
     if task is None:
@@ -611,7 +609,6 @@ def check_metrics(record: RunRecord, root: Path) -> Check:
 
 def check_rerun(record: RunRecord, root: Path, steps: int = RERUN_STEPS) -> Check:
     """``steps`` optimizer steps of the recorded recipe, twice from its seeded start: identical tensors."""
-    from usam.train.replay import short_run
 
     task, why = _replayable(record)
     if task is None:
@@ -692,7 +689,6 @@ def audit(ref: str, cfg: Config, root: Path, *, replay: bool = True) -> Report:
     """Audit run ``ref`` (id, name or ``latest``) of the store ``cfg.tracking`` points at, against project ``root``.
 
     ``replay=False`` leaves out the checks that evaluate or train here (metrics, rerun); the report says so."""
-    from usam.track import client_for, tracking_uri
 
     root = Path(root).resolve()
     uri = provenance.redact(tracking_uri(cfg, root))

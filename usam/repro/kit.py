@@ -19,12 +19,13 @@ from typing import Any
 
 import yaml
 
-from usam.config import Config, config_hash, to_yaml
+from usam.config import Config, config_hash, load_params, to_yaml
 from usam.errors import UsamError
 from usam.repro.audit import RunRecord, _pipeline_stage, _tag_path, audit
 from usam.repro.render import render
 from usam.repro.replicate import open_record, original_weights, recorded_commit
 from usam.track import provenance
+from usam.train import with_dataset
 
 WEIGHTS = "checkpoint/weights.pt"
 
@@ -120,8 +121,6 @@ def write_params(record: RunRecord, root: Path, commit: str, path: Path) -> str 
 
     Returns why none was written, or None when it was.
     """
-    from usam.config import load_params
-    from usam.train import with_dataset
 
     if _pipeline_stage(record.tags.get("usam.command", ""), root) is None:
         return "the run did not come from a pipeline stage"

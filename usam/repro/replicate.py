@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from usam.artifacts.weights import load_weights
 from usam.config import Config, config_hash, flatten, to_dict, to_yaml, train_section
 from usam.errors import UsamError
+from usam.paths import resolve
 from usam.repro.audit import (
     FAIL,
     Report,
@@ -44,7 +46,7 @@ from usam.repro.audit import (
     load_record,
 )
 from usam.repro.audit import _git as git
-from usam.track import provenance
+from usam.track import artifact_root, client_for, provenance, tracking_uri
 
 EXACT, WITHIN, DIFFERS = "exact", "within tolerance", "differs"
 VOLATILE = ("seconds", "per_s", "memory")  # metrics that measure the machine, not the model
@@ -136,7 +138,6 @@ def open_record(ref: str, cfg: Config, root: Path, what: str) -> tuple[RunRecord
     ``what`` names the command in errors. A run that is not a finished training run, or whose
     ``config.yaml`` cannot be read, is a UsamError.
     """
-    from usam.track import client_for, tracking_uri
 
     uri = provenance.redact(tracking_uri(cfg, root))
     client = client_for(cfg, root)
@@ -189,8 +190,6 @@ def pinned_config(config: Config, cfg: Config, root: Path) -> tuple[Config, dict
     The data root and Ray storage resolve against ``root``; the MLflow store is the one ``cfg`` reads
     (where the original was found).
     """
-    from usam.paths import resolve
-    from usam.track import artifact_root, tracking_uri
 
     storage = config.ray.storage_path
     pinned = dataclasses.replace(
@@ -269,7 +268,6 @@ def compare_metrics(original: dict[str, float], replica: dict[str, float], rtol:
 
 def tensor_differences(original: Path, replica: Path) -> dict[str, float]:
     """max |original - replica| per tensor of the exported weights (``model/...``, ``ema/...``); inf on a shape or key mismatch."""
-    from usam.train.trainer import load_weights
 
     a, b = _tensors(load_weights(original)), _tensors(load_weights(replica))
     out = {}
@@ -288,7 +286,6 @@ def _tensors(payload: dict) -> dict:
 
 def original_weights(record: RunRecord, root: Path, folder: Path) -> Path:
     """The original's exported weights: the file at ``checkpoint.path``, else its MLflow artifact; sha256 verified."""
-    from usam.paths import resolve
 
     expected = record.tags["checkpoint.sha256"]
     local = resolve(record.tags.get("checkpoint.path", "weights.pt"), root)

@@ -1,4 +1,8 @@
-"""Tracking core: the MLflow run context and the provenance it records."""
+"""Tracking: the MLflow run context every run type opens, and the provenance it records (config, seeds,
+environment, git, data hashes).
+
+May import: errors, paths, seeding, files, config, data, models, artifacts, media.
+"""
 
 from usam.track.run import TrackedRun, artifact_root, client_for, tracked_run, tracking_uri
 

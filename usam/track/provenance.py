@@ -10,7 +10,6 @@ allowlist, and credentials inside URLs are redacted.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import platform
@@ -22,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from usam.files import sha256_file
 from usam.seeding import determinism_flags
 
 # Variables that shape a run's numerics or placement; nothing else is ever read.
@@ -50,12 +50,6 @@ def redact(text: str) -> str:
     return _URL_USERINFO.sub(r"\g<scheme>***@", text)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _git(root: Path, *args: str) -> str | None:

@@ -1,5 +1,9 @@
-"""Training: one harness (Ray Train + DDP) for every model; tasks say what to train."""
+"""Training: one harness for every model. ``fit`` (the driver) runs the loop (``loop``: a step plus hooks) in
+this process or on a Ray Train worker group; tasks say what to train (model, data, loss, evaluation).
 
-from usam.train.trainer import FitResult, ensure_ray, fit, load_weights, with_dataset
+May import: every layer below it (errors ... track). Never eval, repro, report, tune or the CLI.
+"""
 
-__all__ = ["FitResult", "ensure_ray", "fit", "load_weights", "with_dataset"]
+from usam.train.trainer import FitResult, ensure_ray, fit, with_dataset
+
+__all__ = ["FitResult", "ensure_ray", "fit", "with_dataset"]

@@ -24,7 +24,7 @@ from usam.data import VideoDataset
 from usam.models.baselines import LatentDiffusion, MaskGIT, VideoGAN
 from usam.models.raster_ar import RasterAR
 from usam.models.tokenizer import latent_frames
-from usam.train.tasks import require_splits
+from usam.train.task import require_splits
 from usam.train.usam_task import StreamTask
 
 

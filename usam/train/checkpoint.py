@@ -16,14 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from usam.errors import UsamError
-from usam.track.provenance import sha256_file
+from usam.errors import CheckpointError
+from usam.files import sha256_file
 
 STATE = "state.pt"
-
-
-class CheckpointError(UsamError):
-    """A checkpoint is missing, incomplete or does not match its recorded hash."""
 
 
 def atomic_torch_save(obj: Any, path: Path) -> str:

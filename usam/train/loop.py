@@ -26,7 +26,9 @@ from torch.utils.data import DataLoader
 
 from usam.config.schema import Config
 from usam.config.validate import build
+from usam.models import parameter_count
 from usam.seeding import dataloader_generator, derive_seed, seed_everything, worker_init_fn
+from usam.track.run import TrackedRun
 from usam.train import checkpoint as ckpt
 from usam.train.sampler import ShardedEpochSampler
 from usam.train.schedule import build_scheduler
@@ -198,7 +200,6 @@ def train_worker(payload: dict, session: RayTrainSession | LocalSession | None =
     bare = model.module if hasattr(model, "module") else model
     logger = _RankZeroLogger(payload, total_steps) if rank == 0 and payload.get("run_id") else None
     if logger is not None and shared is None:
-        from usam.models import parameter_count
 
         logger.run.set_tags({"model.parameters": parameter_count(bare)})
 
@@ -327,7 +328,6 @@ class _RankZeroLogger:
     def __init__(self, payload: dict, total_steps: int):
         from mlflow.tracking import MlflowClient
 
-        from usam.track.run import TrackedRun
 
         self.run = TrackedRun(client=MlflowClient(payload["tracking_uri"]), run_id=payload["run_id"])
         self.log_every, self.total = payload["log_every"], total_steps

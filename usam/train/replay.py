@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 
+from usam.artifacts.weights import load_weights
 from usam.config import Config, to_dict, train_section
 from usam.paths import resolve
 from usam.train import checkpoint as ckpt
+from usam.train.loop import LocalSession, _datasets, _validate, train_worker
 from usam.train.tasks import make_task
 
 CPU = torch.device("cpu")
@@ -26,8 +28,6 @@ CPU = torch.device("cpu")
 def evaluate_weights(cfg: Config, task_name: str, *, root: Path, weights: Path,
                      sha256: str | None = None) -> dict[str, float]:
     """The ``val_*`` metrics of the weights in ``weights`` (sha256-checked first when given), on one CPU worker."""
-    from usam.train.loop import _datasets, _validate
-    from usam.train.trainer import load_weights
 
     task = make_task(task_name, cfg, resolve(cfg.data.root, root), root)
     task.check_data()
@@ -43,7 +43,6 @@ def short_run(cfg: Config, task_name: str, *, root: Path, steps: int) -> dict[st
 
     Returns ``steps`` (taken), ``weights`` and ``optimizer`` (sha256 over every tensor, in order) and
     ``metrics`` (the validation after the last step)."""
-    from usam.train.loop import LocalSession, train_worker
 
     data = to_dict(cfg)
     recipe = data

@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from usam.config.schema import Config, TokenizerConfig, TrainConfig
 from usam.data import VideoDataset
 from usam.errors import ConfigError, UsamError
-from usam.eval import video_metrics as vm
-from usam.eval.panels import save_gif, save_png, side_by_side_frames, strip_grid
-from usam.models.tokenizer import PatchGAN3d, SpacetimeTokenizer
+from usam.media import video_metrics as vm
+from usam.media.panels import save_gif, save_png, side_by_side_frames, strip_grid
+from usam.media.perceptual import DOMAIN_LABEL, LPIPS_LABEL, LpipsDistance, load_domain_distance
+from usam.models.bsq import check_schedule
+from usam.models.tokenizer import PatchGAN3d, SpacetimeTokenizer, latent_frames
 from usam.paths import resolve
-from usam.train.tasks import require_splits
+from usam.train.task import require_splits
 
 ROLE_RECON, ROLE_DENOISE, ROLE_SR = 0, 1, 2
 
@@ -124,8 +126,6 @@ class TokenizerTask:
 
     @property
     def perceptual_label(self) -> str | None:
-        from usam.eval.perceptual import DOMAIN_LABEL, LPIPS_LABEL
-
         return {"lpips": LPIPS_LABEL, "domain": DOMAIN_LABEL, None: None}[self.perceptual_backend]
 
     def _domain_weights(self) -> tuple[Path, str | None]:
@@ -143,8 +143,6 @@ class TokenizerTask:
         return path, sha
 
     def perceptual(self, device: torch.device) -> nn.Module | None:
-        from usam.eval.perceptual import LpipsDistance, load_domain_distance
-
         if self._perceptual is None and self.perceptual_backend is not None:
             if self.perceptual_backend == "lpips":
                 net = LpipsDistance(resolve(self.cfg.eval.lpips_weights, self.root), self.cfg.eval.lpips_sha256)
@@ -319,9 +317,6 @@ class TokenizerTask:
 
 def schedule_problems(cfg: Config) -> list[str]:
     """Why the tokenizer's scale schedule cannot tile the frames this config feeds it (empty when it can)."""
-    from usam.models.bsq import check_schedule
-    from usam.models.tokenizer import latent_frames
-
     arch, q = cfg.tokenizer.arch, cfg.tokenizer.quantizer
     side, frames = cfg.preprocess.crop_size, cfg.preprocess.augment.clip_frames or cfg.data.frames
     where = f"{frames} frames of {side}x{side}, spatial_down {arch.spatial_down}, temporal_down {arch.temporal_down}"
@@ -367,16 +362,3 @@ def _bernoulli_entropy(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-9, 1 - 1e-9)
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
-
-def load_tokenizer(path: Path, expected_sha256: str | None = None) -> tuple[SpacetimeTokenizer, dict]:
-    """An exported tokenizer (``weights.pt`` of a tokenizer run) in eval mode, and its stored metadata."""
-    from usam.train.trainer import load_weights
-
-    state = load_weights(path, expected_sha256)
-    if state.get("task") != "tokenizer" or "model_kwargs" not in state:
-        raise UsamError(f"{Path(path).name} is not an exported tokenizer (task {state.get('task')!r})", where=str(path),
-                        fix="pass the weights written by the `tokenizer` stage (models/tokenizer/<dataset>/tokenizer.pt)")
-    model = SpacetimeTokenizer(**state["model_kwargs"])
-    weights = {k: v for k, v in state["model"].items() if not k.startswith("discriminator.")}
-    model.load_state_dict(weights)
-    return model.eval(), state

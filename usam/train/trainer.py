@@ -19,9 +19,11 @@ from pathlib import Path
 
 from usam.config import Config, to_dict
 from usam.errors import Interrupted, UsamError
+from usam.models import parameter_count
 from usam.paths import find_project_root, resolve
-from usam.track import tracked_run, tracking_uri
+from usam.track import client_for, tracked_run, tracking_uri
 from usam.train import checkpoint as ckpt
+from usam.train.loop import LocalSession, train_worker
 from usam.train.tasks import TASKS, make_task
 
 
@@ -223,7 +225,6 @@ def _fit_here(payload: dict, tcfg, folder: Path, *, report: bool) -> tuple[dict,
     """``train_worker`` in this process (a Tune trial's one worker); (last report, its checkpoint folder)."""
     import torch
 
-    from usam.train.loop import LocalSession, train_worker
 
     device = torch.device("cuda", 0) if tcfg.use_gpu else torch.device("cpu")
     session = LocalSession(device, folder, tcfg.keep_checkpoints, tune=report)
@@ -232,7 +233,6 @@ def _fit_here(payload: dict, tcfg, folder: Path, *, report: bool) -> tuple[dict,
 
 
 def _entry(payload: dict) -> None:
-    from usam.train.loop import train_worker
 
     train_worker(payload)
 
@@ -245,7 +245,6 @@ def _first_line(exc: BaseException) -> str:
 def _export_final(checkpoint, out_dir: Path, task) -> tuple[Path, str, int]:
     """The final weights (and EMA, when kept) as one file, written atomically; returns path, sha256, parameter count."""
 
-    from usam.models import parameter_count
 
     if checkpoint is None:
         raise UsamError("training reported no checkpoint", where="Ray result", fix="check train.epochs / max_steps")
@@ -268,7 +267,6 @@ def _export_final(checkpoint, out_dir: Path, task) -> tuple[Path, str, int]:
 def _recorded_ray_name(cfg: Config, root: Path, run_id: str) -> str:
     from mlflow.exceptions import MlflowException
 
-    from usam.track import client_for
 
     try:
         tags = client_for(cfg, root).get_run(run_id).data.tags
@@ -279,21 +277,6 @@ def _recorded_ray_name(cfg: Config, root: Path, run_id: str) -> str:
         raise UsamError(f"run {run_id} is not a training run (no ray.run_name tag)", where=f"run {run_id}",
                         fix="pass the id of a `usam train` run")
     return tags["ray.run_name"]
-
-
-def load_weights(path: Path, expected_sha256: str | None = None) -> dict:
-    """Load exported weights (``weights_only=True``), checking the sha256 first when one is given."""
-    import torch
-
-    from usam.track.provenance import sha256_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsamError(f"weights file {path} not found", where=str(path), fix="train the model first")
-    if expected_sha256 and sha256_file(path) != expected_sha256:
-        raise ckpt.CheckpointError(f"{path.name} does not match its recorded sha256", where=str(path),
-                                   fix="the file changed since training: re-run training or restore it")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def with_dataset(cfg: Config, name: str) -> Config:

@@ -13,7 +13,6 @@ the frozen tokenizer, the conditioned datasets, sample grids and the exported me
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,32 +21,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from usam.artifacts.loaders import load_tokenizer
+from usam.artifacts.sampling import generate_videos
 from usam.config.schema import Conditioning, Config, ModelConfig, TrainConfig
 from usam.data import VideoDataset
+from usam.data.text import TEXT_LEN, build_vocabulary, encode_text
 from usam.errors import UsamError
-from usam.eval.panels import save_gif, save_mp4, save_png, side_by_side_frames, strip_grid
+from usam.media.panels import write_grid
 from usam.models.tokenizer import latent_frames
 from usam.models.usam import USAM
 from usam.seeding import dataloader_generator
-from usam.train.tasks import SHAPE_KINDS, require_splits
-
-UNKNOWN_WORD = 1  # word id 0 pads, 1 stands for any word not seen in the training captions
-TEXT_LEN = 16
-
-
-def words(caption: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", caption.lower())
-
-
-def build_vocabulary(captions: list[str]) -> dict[str, int]:
-    """Word -> id from the training captions (ids from 2: 0 pads, 1 is an unknown word)."""
-    return {w: i + 2 for i, w in enumerate(sorted({w for c in captions for w in words(c)}))}
-
-
-def encode_text(caption: str, vocab: dict[str, int], length: int = TEXT_LEN) -> torch.Tensor:
-    """Word ids, padded or cut to ``length``; unknown words map to ``UNKNOWN_WORD`` (handled, never an error)."""
-    ids = [vocab.get(w, UNKNOWN_WORD) for w in words(caption)][:length]
-    return torch.tensor(ids + [0] * (length - len(ids)), dtype=torch.long)
+from usam.train.task import SHAPE_KINDS, require_splits
 
 
 class ConditionedVideos(torch.utils.data.Dataset):
@@ -138,8 +122,6 @@ class StreamTask:
         return self.root / "models" / "tokenizer" / name / "tokenizer.pt", sha
 
     def tokenizer(self, device: torch.device | None = None) -> nn.Module:
-        from usam.train.tokenizer_task import load_tokenizer
-
         if self._tokenizer is None:
             model, meta = load_tokenizer(*self.tokenizer_path())
             self._tokenizer, self._tokenizer_meta = model.requires_grad_(False).eval(), meta
@@ -385,22 +367,6 @@ class USAMTask(StreamTask):
     def sample(self, model: USAM, cond: dict, batch: int, device: torch.device, generator=None,
                forced=None) -> torch.Tensor:
         """Sampled videos in [0, 1], (B, 3, T, H, W), with the configured guidance, temperature, top-k/top-p."""
-        from usam.eval.sampling import generate_videos
-
         return generate_videos(model, self.tokenizer(device), self.tokenizer_meta["normalize"],
                                self.tokenizer_meta["frames"], cond, batch, self.mcfg.sampling, generator, forced)
 
-
-def write_grid(videos: torch.Tensor, folder: Path, stem: str, mp4: bool = False) -> list[Path]:
-    """Videos (B, 3, T, H, W) in [0, 1] as a PNG of frame strips, and a GIF (and MP4) grid with
-    ``per_row`` videos side by side."""
-    folder.mkdir(parents=True, exist_ok=True)
-    frames = [v.transpose(0, 1) for v in videos]
-    per_row = min(4, len(frames))
-    columns = [frames[i::per_row] for i in range(per_row)]
-    columns = [c + [torch.zeros_like(frames[0])] * (len(columns[0]) - len(c)) for c in columns]
-    animation = side_by_side_frames(columns)
-    files = [save_png(strip_grid(frames), folder / f"{stem}.png"), save_gif(animation, folder / f"{stem}.gif")]
-    if mp4:
-        files.append(save_mp4(animation, folder / f"{stem}.mp4"))
-    return files

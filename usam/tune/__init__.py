@@ -1,1 +1,5 @@
-"""Sweeps and ablations: validated specs (``spec``) and the statistics of ablation grids (``stats``)."""
+"""Sweeps and ablations on Ray Tune + Optuna: validated specs (``spec``), the runner, result tables and the
+statistics of ablation grids (``stats``).
+
+May import: every layer up to report.
+"""

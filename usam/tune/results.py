@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from usam.report.markup import html_table
+from usam.tune.spec import STUDY_TAG, TRIAL_TAG
 from usam.tune.stats import mean_std, verdict, welch
 
 STATUS = {"TERMINATED": "completed", "ERROR": "failed"}
@@ -26,8 +27,6 @@ STATUS = {"TERMINATED": "completed", "ERROR": "failed"}
 
 def trial_table(study, spec, grid, client) -> pd.DataFrame:
     """One row per trial, in Tune's order; MLflow runs left open by stopped or failed trials are closed."""
-    from usam.tune.runner import STUDY_TAG, TRIAL_TAG
-
     experiment = client.get_run(study.parent_run_id).info.experiment_id
     runs = {r.data.tags.get(TRIAL_TAG): r for r in client.search_runs(
         [experiment], f"tags.`{STUDY_TAG}` = '{study.name}'", max_results=10000) if r.data.tags.get(TRIAL_TAG)}

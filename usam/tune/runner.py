@@ -26,15 +26,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from usam.artifacts.sampling import classify_frames
 from usam.config import TRAIN_SECTIONS, Config, compose, train_section
 from usam.errors import UsamError
+from usam.eval.generators import load_generator
+from usam.media.panels import write_grid
 from usam.paths import find_project_root, resolve
 from usam.track import client_for, tracked_run, tracking_uri
 from usam.track.run import artifact_root
-from usam.tune.spec import AblationSpec, load_ablation, load_sweep
+from usam.train import fit
+from usam.train.tasks import make_task
+from usam.train.trainer import _storage, check_resources, ensure_ray, ray_address
+from usam.tune.results import write_study
+from usam.tune.spec import STUDY_TAG, TRIAL_TAG, AblationSpec, load_ablation, load_sweep
 
 TRIAL_CPU = 0.25  # a trial that starts a Ray Train worker group only waits on it
-STUDY_TAG, TRIAL_TAG = "usam.study", "usam.trial_id"
 
 
 @dataclass
@@ -76,7 +82,6 @@ def _run(kind: str, spec_path: Path, spec, extra: list[str], address: str | None
     import ray
     from ray import tune
 
-    from usam.train.trainer import _storage, check_resources
 
     root = (root or find_project_root()).resolve()
     base_overrides = [*spec_overrides(spec), *extra]
@@ -125,7 +130,6 @@ def _run(kind: str, spec_path: Path, spec, extra: list[str], address: str | None
                                                          checkpoint_config=tune.CheckpointConfig(
                                                              num_to_keep=train.keep_checkpoints)))
         grid = tuner.fit()
-        from usam.tune.results import write_study
 
         return write_study(study, spec, grid, parent, client)
 
@@ -136,7 +140,6 @@ def _start_ray(cfg: Config) -> None:
     (without it the stopped trial's CPUs stay reserved and the next trial waits forever)."""
     import ray
 
-    from usam.train.trainer import ensure_ray, ray_address
 
     if ray.is_initialized():
         return
@@ -171,7 +174,6 @@ def _label(spec_path: Path, root: Path) -> str:
 
 def _pinned(cfg: Config, root: Path) -> list[str]:
     """Overrides that make every location absolute: trials may run in another directory or on another node."""
-    from usam.train.trainer import _storage
 
     return [f"tracking.uri={tracking_uri(cfg, root)}", f"tracking.artifact_root={artifact_root(cfg, root)}",
             f"data.root={resolve(cfg.data.root, root)}", f"ray.storage_path={_storage(cfg, root)}"]
@@ -213,7 +215,6 @@ def _budget(kind: str, spec) -> list[str]:
 
 def _check_prerequisites(kind: str, spec, base: Config, root: Path) -> None:
     """What every trial needs (prepared data; a generator's tokenizer), checked once before any trial starts."""
-    from usam.train.tasks import make_task
 
     for name in spec.datasets if kind == "ablation" else [base.data.name]:
         cfg = compose([*spec_overrides(spec), f"data.name={name}"])
@@ -329,7 +330,6 @@ def run_trial(config: dict, study: dict) -> None:
     """Train one trial and report to Tune: every epoch as it ends, then the final (and sample) scores."""
     from ray import tune
 
-    from usam.train import fit
 
     s = Study(**study)
     root = Path(s.root)
@@ -378,7 +378,6 @@ def trial_index(trial_id: str) -> int:
 def _ablation_workspace(s: Study, cfg: Config, cell: dict, work: Path, root: Path) -> Path:
     """A trial folder whose evaluators are the project's and whose tokenizer is the project's, unless the
     variant changes the tokenizer: then the trial trains its own first (same seed, nested in the study)."""
-    from usam.train import fit
 
     name = cell["dataset"]
     for part in ("models/evaluators", "metrics/evaluators"):
@@ -416,9 +415,6 @@ def _sample_scores(s: Study, cfg: Config, result, work: Path, client) -> dict[st
 
     import torch
 
-    from usam.eval.generators import load_generator
-    from usam.eval.sampling import classify_frames
-    from usam.train.usam_task import write_grid
 
     name = cfg.data.name
     generator = load_generator(s.task, cfg, work, result.weights_path, result.weights_sha256)

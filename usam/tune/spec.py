@@ -18,8 +18,11 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from usam.config import compose
 from usam.config.validate import build, knob
 from usam.errors import ConfigError
+
+STUDY_TAG, TRIAL_TAG = "usam.study", "usam.trial_id"  # the MLflow tags that tie a trial run to its study
 
 KINDS = ("loguniform", "uniform", "int", "choice", "grid")
 
@@ -170,7 +173,6 @@ def representative(dim: Dimension) -> str:
 
 
 def _check_overrides(path: Path, overrides: list[str], probes: dict[str, str]) -> None:
-    from usam.config import compose
 
     trial = list(overrides) + [f"{k}={v}" for k, v in probes.items()]
     try:
@@ -238,7 +240,6 @@ def load_ablation(path: Path) -> AblationSpec:
     for variant in [reference, *parsed]:
         for dataset in spec.datasets:
             try:
-                from usam.config import compose
 
                 compose([*reference.overrides, *variant.overrides, f"data.name={dataset}"])
             except ConfigError as exc:

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import torch
 
+from usam.artifacts.loaders import load_evaluator, load_tokenizer
+from usam.artifacts.weights import load_weights
 from usam.config.schema import SamplingConfig
+from usam.data.text import UNKNOWN_WORD, encode_text, words
 from usam.errors import UsamError
 from usam.models.usam import USAM
 
@@ -43,9 +46,6 @@ class Sampler:
 
     @classmethod
     def load(cls, weights: Path, sha256: str | None, root: Path) -> "Sampler":
-        from usam.train.tokenizer_task import load_tokenizer
-        from usam.train.trainer import load_weights
-
         state = load_weights(weights, sha256)
         if state.get("task") != "usam":
             raise UsamError(f"{Path(weights).name} holds a {state.get('task')!r} model, not USAM", where=str(weights),
@@ -68,8 +68,6 @@ class Sampler:
                    context: torch.Tensor | None = None) -> tuple[dict, list | None, list[str]]:
         """(cond, forced bits, notes) for ``num`` videos; a missing condition is the null (unconditional) one.
         ``context``: one normalized video (3, T, H, W) whose first frame is given."""
-        from usam.train.usam_task import UNKNOWN_WORD, encode_text, words
-
         notes: list[str] = []
         cond = self.model.null_condition(num, torch.device("cpu"))
         if klass is not None:
@@ -107,8 +105,6 @@ class Sampler:
 @torch.no_grad()
 def classify_frames(videos: torch.Tensor, weights: Path, sha256: str | None, normalize: dict) -> torch.Tensor:
     """The frame evaluator's class per video (B, 3, T, H, W in [0, 1]): the argmax of its frame logits' mean."""
-    from usam.eval.judges import load_evaluator
-
     net, _ = load_evaluator("frame", weights, sha256)
     b, c, t, h, w = videos.shape
     mean = torch.tensor(normalize["mean"]).view(1, -1, 1, 1)

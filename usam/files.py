@@ -1,17 +1,28 @@
-"""Write a folder all-or-nothing: build in a hidden temp sibling, then swap it in by rename.
+"""Files the pipeline writes and checks: their sha256, and folders written all-or-nothing.
 
-A failed or interrupted build never leaves output that looks valid, and a previous
-good output stays untouched until the new one is complete.
+``atomic_dir`` builds a folder in a hidden temp sibling, then swaps it in by rename: a failed or
+interrupted build never leaves output that looks valid, and a previous good output stays untouched
+until the new one is complete. A leaf module: it imports nothing of ours.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """The file's sha256 (hex), read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _remove(path: Path) -> None:

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from usam.artifacts.loaders import load_evaluator
+from usam.artifacts.weights import load_weights
 from usam.errors import UsamError
-from usam.eval.judges import load_evaluator, verified_state
 from usam.models.evaluators import FrameClassifier
 
 LPIPS_LABEL = "lpips_alex"
@@ -36,7 +37,7 @@ class LpipsDistance(nn.Module):
         from torchvision.models import alexnet
 
         fix = "point eval.lpips_weights at torchvision's alexnet state dict (e.g. alexnet-owt-7be5be79.pth)"
-        state = verified_state(Path(weights), sha256, "LPIPS backbone weights", fix)
+        state = load_weights(Path(weights), sha256, what="LPIPS backbone weights", fix=fix)
         backbone = alexnet(weights=None)
         try:
             backbone.load_state_dict(state, strict=True)  # every key and shape, unlike lpips' strict=False

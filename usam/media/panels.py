@@ -73,3 +73,18 @@ def save_mp4(frames: list[np.ndarray], path: Path, fps: float = 4.0) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return Path(path)
+
+
+def write_grid(videos: torch.Tensor, folder: Path, stem: str, mp4: bool = False) -> list[Path]:
+    """Videos (B, 3, T, H, W) in [0, 1] as a PNG of frame strips, and a GIF (and MP4) grid with
+    ``per_row`` videos side by side."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = [v.transpose(0, 1) for v in videos]
+    per_row = min(4, len(frames))
+    columns = [frames[i::per_row] for i in range(per_row)]
+    columns = [c + [torch.zeros_like(frames[0])] * (len(columns[0]) - len(c)) for c in columns]
+    animation = side_by_side_frames(columns)
+    files = [save_png(strip_grid(frames), folder / f"{stem}.png"), save_gif(animation, folder / f"{stem}.gif")]
+    if mp4:
+        files.append(save_mp4(animation, folder / f"{stem}.mp4"))
+    return files

@@ -1,4 +1,4 @@
-"""The frozen judges of every score: weights files checked by sha256, and the domain evaluators loaded from them."""
+"""Trained models rebuilt from their exported weights: the frozen domain evaluators and the tokenizer."""
 
 from __future__ import annotations
 
@@ -6,43 +6,20 @@ from pathlib import Path
 
 import torch
 
+from usam.artifacts.weights import load_weights
 from usam.errors import UsamError
+from usam.files import sha256_file
 from usam.models.evaluators import ClipClassifier, FrameClassifier
+from usam.models.tokenizer import SpacetimeTokenizer
 
 EVALUATOR_FIX = "run `dvc repro evaluators` (or `usam train evaluator_{kind}`) to create {name}"
 
 
-def verified_file(path: Path, sha256: str | None, what: str, fix: str) -> Path:
-    """``path``, after checking it exists and (when ``sha256`` is given) has that sha256."""
-    from usam.track.provenance import sha256_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsamError(f"{what} not found", where=str(path), fix=fix)
-    if sha256:
-        actual = sha256_file(path)
-        if actual != sha256:
-            raise UsamError(f"{what} has sha256 {actual[:12]}..., expected {sha256[:12]}...", where=str(path),
-                            fix="restore the right file or update the recorded sha256")
-    return path
-
-
-def verified_state(path: Path, sha256: str | None, what: str, fix: str) -> dict:
-    """A checked file, loaded with ``weights_only=True``; unreadable files get the same clear error."""
-    verified_file(path, sha256, what, fix)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise UsamError(f"cannot read {what}: {type(exc).__name__}", where=str(path), fix=fix) from None
-
-
 def load_evaluator(kind: str, weights: Path, sha256: str | None) -> tuple[torch.nn.Module, str]:
     """The ``frame`` or ``clip`` evaluator saved by the ``evaluators`` stage, frozen, and its weights' sha256."""
-    from usam.track.provenance import sha256_file
-
     weights = Path(weights)
     fix = EVALUATOR_FIX.format(kind=kind, name=weights.name)
-    state = verified_state(weights, sha256, f"{kind} evaluator weights", fix)
+    state = load_weights(weights, sha256, what=f"{kind} evaluator weights", fix=fix)
     model = state.get("model", {}) if isinstance(state, dict) else {}
     if "stem.0.weight" not in model or "head.weight" not in model:
         raise UsamError(f"{weights.name} is not a domain evaluator", where=str(weights), fix=fix)
@@ -55,3 +32,16 @@ def load_evaluator(kind: str, weights: Path, sha256: str | None) -> tuple[torch.
     net = cls(num_classes=model["head.weight"].shape[0], width=stem.shape[0], stages=stages)
     net.load_state_dict(model)
     return net.requires_grad_(False).eval(), sha256 or sha256_file(weights)
+
+
+def load_tokenizer(path: Path, expected_sha256: str | None = None) -> tuple[SpacetimeTokenizer, dict]:
+    """An exported tokenizer (``weights.pt`` of a tokenizer run) in eval mode, and its stored metadata."""
+    state = load_weights(path, expected_sha256, what="tokenizer weights",
+                         fix="run `dvc repro tokenizer` (or `usam train tokenizer`) to create it")
+    if state.get("task") != "tokenizer" or "model_kwargs" not in state:
+        raise UsamError(f"{Path(path).name} is not an exported tokenizer (task {state.get('task')!r})", where=str(path),
+                        fix="pass the weights written by the `tokenizer` stage (models/tokenizer/<dataset>/tokenizer.pt)")
+    model = SpacetimeTokenizer(**state["model_kwargs"])
+    weights = {k: v for k, v in state["model"].items() if not k.startswith("discriminator.")}
+    model.load_state_dict(weights)
+    return model.eval(), state
