@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     from usam.models.bsq import MultiScaleBSQ
     from usam.models.raster_ar import RasterAR
     from usam.models.tokenizer import latent_frames
-    from usam.models.usam import USAM
+    from usam.models.usam import USAM, USAMConfig
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     q_cfg, m = cfg.tokenizer.quantizer, cfg.model
     scales = tuple(q_cfg.scales) if q_cfg.multiscale else (q_cfg.scales[-1],)
     frames = latent_frames(cfg.preprocess.augment.clip_frames or cfg.data.frames, cfg.tokenizer.arch.temporal_down)
-    usam = USAM(q_cfg.bits, scales, frames, q_cfg.clip_frames, width=m.width, depth=m.depth, heads=m.heads,
-                mlp_ratio=m.mlp_ratio, attention=m.attention, positions=m.positions, num_classes=10).eval()
+    usam = USAM(USAMConfig(q_cfg.bits, list(scales), frames, q_cfg.clip_frames, width=m.width, depth=m.depth, heads=m.heads,
+                           mlp_ratio=m.mlp_ratio, attention=m.attention, positions=m.positions, num_classes=10)).eval()
     quantizer = MultiScaleBSQ(q_cfg.bits, scales, q_cfg.clip_frames)
     tokens = usam.bounds[-1]
     raster = RasterAR(q_cfg.bits, tokens, width=m.width, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio,

@@ -17,42 +17,19 @@ BIN = Path(sys.executable).parent
 # (some start clusters), so each test process and the commands it runs start their own local Ray.
 os.environ.setdefault("RAY_ADDRESS", "local")
 
-# Small enough for seconds on 2 cores, large enough to exercise every code path.
-TINY = [
-    "data.num_videos.train=12",
-    "data.num_videos.val=4",
-    "data.num_videos.test=4",
-    "evaluator.frame.width=4",
-    "evaluator.clip.width=4",
-    "evaluator.train.batch_size=4",
-    "evaluator.train.epochs=1",
-    "evaluator.train.max_steps=2",
-    "tokenizer.arch.base_channels=8",
-    "tokenizer.quantizer.bits=8",
-    "tokenizer.train.batch_size=4",
-    "tokenizer.train.epochs=1",
-    "tokenizer.train.max_steps=2",
-    "tokenizer.eval.panel_videos=2",
-    "model.width=32",
-    "model.depth=1",
-    "model.heads=2",
-    "model.sampling.per_class=1",
-    "train.batch_size=4",
-    "train.epochs=1",
-    "train.max_steps=2",
-    "baselines.raster_ar.size.width=32",
-    "baselines.raster_ar.size.depth=1",
-    "baselines.maskgit.size.width=32",
-    "baselines.maskgit.size.depth=1",
-    "baselines.maskgit.steps=2",
-    "baselines.diffusion.size.width=32",
-    "baselines.diffusion.size.depth=1",
-    "baselines.diffusion.sample_steps=3",
-    "baselines.gan.channels=8",
-    "baselines.gan.critic_channels=8",
-    "eval.num_samples=8",
-    "eval.batch_size=4",
-]
+# Small enough for seconds on 2 cores, large enough to exercise every code path: the `tiny` profile
+# (usam/conf/profile/tiny.yaml), spelled out as overrides so tests can pick parts of it or pass it to `dvc exp -S`.
+# `usam train usam profile=tiny` runs what the tests run (tests/test_config.py checks the two agree).
+def profile_overrides(name: str) -> list[str]:
+    import yaml
+
+    from usam.config import flatten
+
+    data = yaml.safe_load((REPO / "usam" / "conf" / "profile" / f"{name}.yaml").read_text())
+    return [f"{key}={value}" for key, value in flatten(data).items()]
+
+
+TINY = profile_overrides("tiny")
 
 
 @pytest.fixture

@@ -156,3 +156,24 @@ def test_the_paper_profile_composes_a_consistent_gpu_scale_config(tmp_path):
     with pytest.raises(DataError):  # the schedule tiles the frames: only the (absent) data is missing
         task.check_data()
     assert compose([]).model.width < cfg.model.width
+
+
+def test_the_tiny_profile_is_what_the_tests_train_and_runs_from_the_command_line(tmp_path):
+    from conftest import TINY
+
+    assert to_dict(compose(["profile=tiny"])) == to_dict(compose(TINY))
+    tiny = yaml.safe_load(run(["usam", "config", "show", "profile=tiny"], cwd=tmp_path).stdout)
+    assert tiny == to_dict(compose(TINY))
+    assert tiny["train"]["max_steps"] == 2 and tiny["model"]["depth"] == 1
+    assert to_dict(compose()) != tiny  # the default is not tiny
+
+
+def test_a_retired_key_says_what_replaced_it(tmp_path):
+    proc = run(["usam", "config", "show", "model.name=usam"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "model.name is retired" in proc.stderr and "the task picks the model" in proc.stderr
+    old = to_dict(compose())
+    old["model"]["name"] = "usam"  # a params.yaml written before the key was retired
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match="model.name: retired key; the task picks the model"):
+        load_params(tmp_path / "params.yaml")

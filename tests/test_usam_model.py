@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from usam.models.bsq import MultiScaleBSQ
-from usam.models.usam import USAM, attention_mask, token_layout
+from usam.models.usam import USAM, USAMConfig, attention_mask, token_layout
 
 BITS, SCALES, LATENT_FRAMES, CLIP = 8, (1, 2, 4), 5, 2  # an image pyramid, then two clips of 2 latent frames
 
 
 def _model(mode: str, positions: str = "rope", **kw) -> USAM:
     torch.manual_seed(0)
-    model = USAM(BITS, SCALES, LATENT_FRAMES, CLIP, width=32, depth=2, heads=2, attention=mode, positions=positions,
-                 num_classes=10, **kw).eval()
+    model = USAM(USAMConfig(BITS, SCALES, LATENT_FRAMES, CLIP, width=32, depth=2, heads=2, attention=mode, positions=positions,
+                 num_classes=10, **kw)).eval()
     for p in model.parameters():  # zero-initialised gates and projections would hide paths
         torch.nn.init.normal_(p, std=0.3)
     return model
@@ -156,11 +156,11 @@ def test_masks_are_built_for_every_mode_and_bad_settings_are_refused():
     sizes = {m: int(attention_mask(schedule, m).sum()) for m in ("block_causal", "sparse", "factorized")}
     assert sizes["block_causal"] > sizes["sparse"] and sizes["block_causal"] > sizes["factorized"]
     with pytest.raises(ValueError, match="unknown attention mode"):
-        USAM(BITS, SCALES, LATENT_FRAMES, CLIP, width=32, heads=2, attention="global")
+        USAM(USAMConfig(BITS, SCALES, LATENT_FRAMES, CLIP, width=32, heads=2, attention="global"))
     with pytest.raises(ValueError, match="divisible by 8"):
-        USAM(BITS, SCALES, LATENT_FRAMES, CLIP, width=36, heads=3)
+        USAM(USAMConfig(BITS, SCALES, LATENT_FRAMES, CLIP, width=36, heads=3))
     with pytest.raises(ValueError, match="cannot be split into clips"):
-        USAM(BITS, SCALES, 4, CLIP, width=32, heads=2)
+        USAM(USAMConfig(BITS, SCALES, 4, CLIP, width=32, heads=2))
 
 
 def test_text_conditioning_reaches_every_token_and_padding_is_ignored():

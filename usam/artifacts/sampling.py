@@ -17,7 +17,7 @@ from usam.artifacts.weights import load_weights
 from usam.config.schema import SamplingConfig
 from usam.data.text import UNKNOWN_WORD, encode_text, words
 from usam.errors import UsamError
-from usam.models.usam import USAM
+from usam.models.usam import USAM, USAMConfig
 
 
 @torch.no_grad()
@@ -50,7 +50,7 @@ class Sampler:
         if state.get("task") != "usam":
             raise UsamError(f"{Path(weights).name} holds a {state.get('task')!r} model, not USAM", where=str(weights),
                             fix="pass a run of `usam train usam` (or the `usam` stage)")
-        model = USAM(**state["model_kwargs"])
+        model = USAM(USAMConfig(**state["model_kwargs"]))
         model.load_state_dict(state["model"])
         tok = state["tokenizer"]
         tokenizer, tok_meta = load_tokenizer(root / tok["path"], tok["sha256"])

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import yaml
 
 from usam.config.schema import Config
-from usam.config.validate import build
+from usam.config.validate import RETIRED, build
 from usam.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -54,7 +54,9 @@ def _suggestions(overrides: Sequence[str]) -> str:
     hints = []
     for item in overrides:
         key, _, value = item.lstrip("+~").partition("=")
-        if key in groups and value not in groups[key]:
+        if key in RETIRED:
+            hints.append(f"{key} is retired; {RETIRED[key]}")
+        elif key in groups and value not in groups[key]:
             hints.append(f"{key} options are: {', '.join(groups[key])}")
         elif key not in known and key not in groups:
             close = difflib.get_close_matches(key, sorted(known), n=1)

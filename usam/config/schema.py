@@ -239,7 +239,6 @@ class BaselinesConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["usam"] = knob(doc="registered model to train")
     width: int = knob(ge=16, le=8192, doc="transformer width")
     depth: int = knob(ge=1, le=128, doc="transformer blocks")
     heads: int = knob(ge=1, le=128, doc="attention heads")

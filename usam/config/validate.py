@@ -18,6 +18,12 @@ from typing import Any, Literal, Union
 from usam.errors import ConfigError
 
 
+# Keys that no longer exist, and what to use instead: an old override or params.yaml gets this, not a guess.
+RETIRED = {
+    "model.name": "the task picks the model (`usam train usam`, the `usam` stage): drop model.name",
+}
+
+
 def knob(
     *,
     ge: float | None = None,
@@ -151,7 +157,9 @@ def _build(cls: type, data: dict, path: str, problems: _Problems) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
-        if key not in fields:
+        if _join(path, key) in RETIRED:
+            problems.append(f"{_join(path, key)}: retired key; {RETIRED[_join(path, key)]}")
+        elif key not in fields:
             hint = _closest(str(key), list(fields))
             extra = f"; did you mean {_join(path, hint)!r}?" if hint else ""
             problems.append(f"{_join(path, key)}: unknown key{extra} (known keys: {', '.join(fields)})")

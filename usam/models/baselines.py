@@ -20,7 +20,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from usam.models import register
 from usam.models.usam import Block, RMSNorm, sample_bits
 
 
@@ -46,7 +45,6 @@ class _Conditioned(nn.Module):
         return torch.where(drop, torch.full_like(classes, self.num_classes), classes)
 
 
-@register("maskgit")
 class MaskGIT(_Conditioned):
     """Bidirectional transformer over a stream of ``tokens`` tokens of ``bits`` bits each."""
 
@@ -115,7 +113,6 @@ class _Up(nn.Module):
         return F.silu(self.norm(self.conv(x)))
 
 
-@register("video_gan")
 class VideoGAN(nn.Module):
     """Generator (noise + class -> video in [-1, 1]) and a projection critic (video + class -> realness)."""
 
@@ -196,7 +193,6 @@ def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-@register("latent_diffusion")
 class LatentDiffusion(_Conditioned):
     """Transformer denoiser over the latent grid (tokens = latent frames x height x width, channels = bits)."""
 

@@ -12,7 +12,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from usam.models import register
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -72,12 +71,10 @@ class _Classifier(nn.Module):
         return self.head(self.dropout(self.features(x)))
 
 
-@register("frame_classifier")
 class FrameClassifier(_Classifier):
     """Input (N, C, H, W): one frame per sample."""
 
 
-@register("clip_classifier")
 class ClipClassifier(_Classifier):
     """Input (N, C, T, H, W): a clip per sample. Only space is downsampled: short clips keep every frame,
     which lifted digit accuracy well above a (2, 2, 2) stride at the same budget."""

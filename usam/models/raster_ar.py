@@ -11,11 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from usam.models import register
 from usam.models.usam import Block, RMSNorm, sample_bits
 
 
-@register("raster_ar")
 class RasterAR(nn.Module):
     def __init__(self, bits: int, tokens: int, width: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0,
                  dropout: float = 0.0, num_classes: int = 0):

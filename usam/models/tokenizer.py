@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from usam.models import register
 from usam.models.bsq import MultiScaleBSQ, Quantized, ScaleSchedule
 from usam.models.causal import CausalConv3d, Downsample, ResBlock, Upsample, framewise, norm, temporal_fusion
 
@@ -93,7 +92,6 @@ class TokenizerOutput:
     quant: Quantized
 
 
-@register("usam_tokenizer")
 class SpacetimeTokenizer(nn.Module):
     """encode -> per-stage bits; decode from any prefix of scales; forward for training."""
 
@@ -141,7 +139,6 @@ class SpacetimeTokenizer(nn.Module):
         return self.decoder(self.quantizer.cumulative(codes, schedule, scales), frames)
 
 
-@register("patchgan3d")
 class PatchGAN3d(nn.Module):
     """A 3D PatchGAN: one real/fake logit per spacetime patch (hinge loss in training)."""
 

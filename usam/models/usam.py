@@ -25,7 +25,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from usam.models import register
 from usam.models.bsq import ScaleSchedule
 from usam.models.evaluators import drop_path
 
@@ -218,7 +217,33 @@ class TextEncoder(nn.Module):
         return h, mask, pooled
 
 
-@register("usam")
+@dataclass(frozen=True)
+class USAMConfig:
+    """Everything that shapes a USAM. Stored beside its weights (as the ``model_kwargs`` dict, without the
+    runtime switch ``grad_checkpointing``), so an exported checkpoint rebuilds exactly its model."""
+
+    bits: int
+    scales: list[int]
+    latent_frames: int
+    clip_frames: int | None = None
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    drop_path: float = 0.0
+    attention: str = "block_causal"
+    positions: str = "rope"
+    qk_norm: bool = True
+    num_classes: int = 0
+    num_actions: int = 0
+    text_vocab: int = 0
+    text_len: int = 16
+    context: bool = False
+    cond_dropout: float = 0.1
+    grad_checkpointing: bool = False
+
+
 class USAM(nn.Module):
     """The spacetime autoregressive transformer over a fixed :class:`ScaleSchedule`.
 
@@ -231,16 +256,15 @@ class USAM(nn.Module):
     null condition of classifier-free guidance.
     """
 
-    def __init__(self, bits: int, scales, latent_frames: int, clip_frames: int | None = None, width: int = 128,
-                 depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0, drop_path: float = 0.0,
-                 attention: str = "block_causal", positions: str = "rope", qk_norm: bool = True, num_classes: int = 0,
-                 num_actions: int = 0, text_vocab: int = 0, text_len: int = 16, context: bool = False,
-                 cond_dropout: float = 0.1, grad_checkpointing: bool = False):
+    def __init__(self, config: USAMConfig):
         super().__init__()
-        self.schedule = ScaleSchedule.build(scales, latent_frames, clip_frames)
+        self.config = c = config
+        bits, width, depth, heads, attention, positions = c.bits, c.width, c.depth, c.heads, c.attention, c.positions
+        num_classes, num_actions, cond_dropout, context = c.num_classes, c.num_actions, c.cond_dropout, c.context
+        self.schedule = ScaleSchedule.build(c.scales, c.latent_frames, c.clip_frames)
         self.bits, self.width, self.attention_mode, self.positions = bits, width, attention, positions
         self.num_classes, self.num_actions, self.cond_dropout = num_classes, num_actions, cond_dropout
-        self.grad_checkpointing = grad_checkpointing
+        self.grad_checkpointing = c.grad_checkpointing
         layout = token_layout(self.schedule)
         self.register_buffer("mask", attention_mask(self.schedule, attention), persistent=False)
         self.register_buffer("stage_of_token", layout["stage"], persistent=False)
@@ -265,15 +289,15 @@ class USAM(nn.Module):
             raise ValueError(f"unknown positions {positions!r}; use rope or learned")
         self.class_embed = nn.Embedding(num_classes + 1, width) if num_classes else None
         self.action_embed = nn.Embedding(num_actions + 1, width) if num_actions else None
-        self.text = TextEncoder(text_vocab, width, heads, max_len=text_len) if text_vocab else None
+        self.text = TextEncoder(c.text_vocab, width, heads, max_len=c.text_len) if c.text_vocab else None
         self.context_memory = nn.Linear(bits, width) if context else None
         self.context_skip = nn.Linear(bits, width) if context else None
         if context:
             nn.init.zeros_(self.context_skip.weight)
             nn.init.zeros_(self.context_skip.bias)
         cross = self.text is not None or context
-        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, qk_norm, dropout, r, cross=cross) for r in rates)
+        rates = [c.drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(Block(width, heads, c.mlp_ratio, c.qk_norm, c.dropout, r, cross=cross) for r in rates)
         self.head_norm = RMSNorm(width, affine=False)
         self.head_ada = nn.Linear(width, 2 * width)
         nn.init.zeros_(self.head_ada.weight)

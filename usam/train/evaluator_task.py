@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from usam.config.schema import ClassifierConfig, Config, TrainConfig
 from usam.data import VideoDataset
-from usam.models import build_model
+from usam.models.evaluators import ClipClassifier, FrameClassifier
 from usam.train.task import SHAPE_KINDS, require_splits
 
 
@@ -65,8 +65,9 @@ class EvaluatorTask:
 
     def build_model(self) -> nn.Module:
         m = self.model_cfg
-        return build_model(
-            f"{self.kind}_classifier", num_classes=self.num_classes(), width=m.width, stages=m.stages,
+        net = FrameClassifier if self.kind == "frame" else ClipClassifier
+        return net(
+            num_classes=self.num_classes(), width=m.width, stages=m.stages,
             dropout=m.dropout, drop_path=m.drop_path, grad_checkpointing=self.train_cfg.grad_checkpointing,
         )
 

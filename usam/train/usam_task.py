@@ -29,7 +29,7 @@ from usam.data.text import TEXT_LEN, build_vocabulary, encode_text
 from usam.errors import UsamError
 from usam.media.panels import write_grid
 from usam.models.tokenizer import latent_frames
-from usam.models.usam import USAM
+from usam.models.usam import USAM, USAMConfig
 from usam.seeding import dataloader_generator
 from usam.train.task import SHAPE_KINDS, require_splits
 
@@ -304,7 +304,7 @@ class USAMTask(StreamTask):
         )
 
     def build_model(self) -> USAM:
-        return USAM(**self.model_kwargs(), grad_checkpointing=self.train_cfg.grad_checkpointing)
+        return USAM(USAMConfig(**self.model_kwargs(), grad_checkpointing=self.train_cfg.grad_checkpointing))
 
     # ---- training --------------------------------------------------------------------------------------------
 
