@@ -20,7 +20,6 @@ from usam.files import sha256_file
 
 SPLIT_FILES = ("videos.npy", "labels.npy", "meta.json")
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 REBUILD = "rebuild it with `dvc repro data` (or `usam data build`)"
 
 

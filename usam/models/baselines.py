@@ -143,12 +143,6 @@ class VideoGAN(nn.Module):
         self.critic_out = sn(nn.Linear(c, 1))
         self.critic_class = nn.Embedding(num_classes + 1, c) if num_classes else None
 
-    def generator_parameters(self):
-        return [p for n, p in self.named_parameters() if not n.startswith("critic")]
-
-    def critic_parameters(self):
-        return [p for n, p in self.named_parameters() if n.startswith("critic")]
-
     def generate(self, noise: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         h = noise
         if self.class_embed is not None and classes is not None:

@@ -58,7 +58,6 @@ class _Classifier(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(c, num_classes)
-        self.feature_dim = c
         self.grad_checkpointing = grad_checkpointing
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -262,7 +262,7 @@ class USAM(nn.Module):
         bits, width, depth, heads, attention, positions = c.bits, c.width, c.depth, c.heads, c.attention, c.positions
         num_classes, num_actions, cond_dropout, context = c.num_classes, c.num_actions, c.cond_dropout, c.context
         self.schedule = ScaleSchedule.build(c.scales, c.latent_frames, c.clip_frames)
-        self.bits, self.width, self.attention_mode, self.positions = bits, width, attention, positions
+        self.bits, self.width, self.positions = bits, width, positions
         self.num_classes, self.num_actions, self.cond_dropout = num_classes, num_actions, cond_dropout
         self.grad_checkpointing = c.grad_checkpointing
         layout = token_layout(self.schedule)

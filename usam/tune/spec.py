@@ -24,8 +24,6 @@ from usam.errors import ConfigError
 
 STUDY_TAG, TRIAL_TAG = "usam.study", "usam.trial_id"  # the MLflow tags that tie a trial run to its study
 
-KINDS = ("loguniform", "uniform", "int", "choice", "grid")
-
 
 @dataclass(frozen=True)
 class Dimension:
