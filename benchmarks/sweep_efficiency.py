@@ -24,8 +24,8 @@ from pathlib import Path
 import yaml
 
 DATA = ["data.num_videos.train=384", "data.num_videos.val=32", "data.num_videos.test=8", "evaluator.frame.width=8",
-        "evaluator.train.batch_size=16", "evaluator.train.warmup_steps=2", "evaluator.train.cpus_per_worker=1",
-        "evaluator.train.threads_per_worker=2", "evaluator.train.log_every=100"]
+        "evaluator.train.batch_size=16", "evaluator.train.warmup_steps=2", "evaluator.train.runtime.cpus_per_worker=1",
+        "evaluator.train.runtime.threads_per_worker=2", "evaluator.train.runtime.log_every=100"]
 
 
 def _project(root: Path) -> None:

@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=float, default=60.0, help="seconds of training between test evaluations")
     p.add_argument("--dataset", default="moving_digits", choices=("moving_digits", "bouncing_shapes"))
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. tokenizer.train.lr=5e-4")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: tokenizer.train.threads_per_worker)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: tokenizer.train.runtime.threads_per_worker)")
     p.add_argument("--batch", type=int, default=32, help="batch of the throughput measurements")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per throughput figure (median)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "tokenizer.json")
@@ -59,7 +59,7 @@ def train_against_time(task, args, log) -> tuple[torch.nn.Module, list[dict]]:
     from usam.train.schedule import build_scheduler
 
     cfg, tcfg = task.cfg, task.train_cfg
-    seed_everything(cfg.seed, deterministic=tcfg.deterministic)
+    seed_everything(cfg.seed, deterministic=tcfg.runtime.deterministic)
     model = task.build_model()
     train = task.dataset("train", train=True)
     test = DataLoader(task.dataset("test", train=False), batch_size=64, generator=dataloader_generator(cfg.seed, "test"))
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads or task.train_cfg.threads_per_worker)
+    torch.set_num_threads(args.threads or task.train_cfg.runtime.threads_per_worker)
     log = lambda text: print(text, flush=True)  # noqa: E731
     log(f"training the tokenizer on {args.dataset} for up to {args.minutes:g} min "
         f"({torch.get_num_threads()} threads, {task.train_cfg.precision}, perceptual: {task.perceptual_label})")

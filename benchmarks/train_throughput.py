@@ -19,7 +19,7 @@ the MLflow sqlite store and the Ray run folders land there too), then measures i
 Steady-state rates, plain and Ray alike, are total samples / total time over the steps after
 the first WARMUP ones (and excluding the first step of any later epoch, which pays for the
 previous epoch's validation + checkpoint in Ray). For Ray they come from the MLflow history
-of `train/samples_per_s`, which rank 0 logs every step here (train.log_every=1): each entry is
+of `train/samples_per_s`, which rank 0 logs every step here (train.runtime.log_every=1): each entry is
 one step's samples over the time since the previous entry, so Ray start-up, worker-group
 creation, validation, checkpointing and export are all outside it. The fit wall-clock
 (including all of those) is printed separately. A background sampler (psutil) also reports,
@@ -265,7 +265,7 @@ def plain_loop(task, cfg, *, threads: int, precision: str, warmup: int, steps: i
 
     tcfg = task.train_cfg
     torch.set_num_threads(threads)
-    seed_everything(cfg.seed, deterministic=tcfg.deterministic)
+    seed_everything(cfg.seed, deterministic=tcfg.runtime.deterministic)
     model = task.build_model()
     optimizer = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=(0.9, 0.95))
     total = warmup + steps
@@ -282,7 +282,7 @@ def plain_loop(task, cfg, *, threads: int, precision: str, warmup: int, steps: i
         sampler.set_epoch(epoch)
         ds.set_epoch(epoch)
         loader = DataLoader(ds, batch_size=tcfg.batch_size, sampler=sampler, drop_last=True,
-                            num_workers=tcfg.dataloader_workers, worker_init_fn=worker_init_fn,
+                            num_workers=tcfg.runtime.dataloader_workers, worker_init_fn=worker_init_fn,
                             generator=dataloader_generator(cfg.seed, "train", epoch))
         model.train()
         for batch in loader:
@@ -322,8 +322,8 @@ def ray_run(cfg_overrides: list[str], task_name: str, root: Path, *, workers: in
     from usam.train import fit
 
     total = warmup + steps
-    cfg = compose([*cfg_overrides, f"evaluator.train.workers={workers}", f"evaluator.train.threads_per_worker={threads}",
-                   f"evaluator.train.cpus_per_worker={threads}"])
+    cfg = compose([*cfg_overrides, f"evaluator.train.runtime.workers={workers}", f"evaluator.train.runtime.threads_per_worker={threads}",
+                   f"evaluator.train.runtime.cpus_per_worker={threads}"])
     t, t_wall = time.perf_counter(), time.time()
     result = fit(cfg, task_name, root=root, run_name=f"bench/{task_name}/{workers}x{threads}")
     wall = time.perf_counter() - t
@@ -420,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         "data.num_videos.test=16", f"evaluator.train.batch_size={args.batch_size}", "evaluator.train.grad_accum=1",
         f"evaluator.train.precision={args.precision}", f"evaluator.train.max_steps={total_steps}",
         f"evaluator.train.epochs={max(1, math.ceil(total_steps / max(1, (videos // 2) // args.batch_size)) + 1)}",
-        "evaluator.train.log_every=1", f"evaluator.train.checkpoint_every={10**9}", "evaluator.train.max_failures=0",
-        "evaluator.train.dataloader_workers=0",
+        "evaluator.train.runtime.log_every=1", f"evaluator.train.runtime.checkpoint_every={10**9}", "evaluator.train.runtime.max_failures=0",
+        "evaluator.train.runtime.dataloader_workers=0",
     ]
     results: dict = {"settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                                   "videos": videos, "temp_project": str(root)},
@@ -575,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     results["method"] = (
         "steady samples/s = samples / seconds summed over the steps after the first --warmup ones (and not the "
         "first step of a later epoch). Plain loop: per-step wall times in this process (data loading included). "
-        "Ray: per-step entries of the MLflow metric train/samples_per_s (train.log_every=1; each = one step's "
+        "Ray: per-step entries of the MLflow metric train/samples_per_s (train.runtime.log_every=1; each = one step's "
         "samples / time since the previous entry), so Ray start-up, worker-group creation, validation, checkpoint "
         "and export are excluded; they are in *_fit_wall_clock. Overhead baseline = mean of the plain loop before "
         "ray.init and again after ray.shutdown (no Ray in the process). Ray rows and the scaling ratio are medians "

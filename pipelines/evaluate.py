@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = with_dataset(load_params(root / "params.yaml"), args.name)
     weights, sha, run_id = generator_weights(root, args.model, args.name)
     gen = load_generator(args.model, cfg, root, weights, sha)
-    torch.set_num_threads(max(1, int(cfg.train.threads_per_worker)))
+    torch.set_num_threads(max(1, int(cfg.train.runtime.threads_per_worker)))
     normalize = gen.task.normalize
     n = cfg.eval.num_samples
     classes = torch.arange(n) % len(gen.class_names)

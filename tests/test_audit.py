@@ -94,7 +94,7 @@ def test_a_fresh_run_audits_clean(project: dict, capsys, monkeypatch):
         check(report, "params").evidence
     assert check(report, "seeds").evidence.startswith("seed.seed = 0, seed.data.seed = 0 recorded and equal to the params")
     assert "equal this environment and environment.lock" in check(report, "environment").evidence
-    assert check(report, "determinism").evidence.startswith("evaluator.train.deterministic = true")
+    assert check(report, "determinism").evidence.startswith("evaluator.train.runtime.deterministic = true")
     assert check(report, "checkpoint").evidence.startswith("models/moving_digits/weights.pt has the recorded sha256")
     assert check(report, "metrics").evidence.startswith("re-evaluating models/moving_digits/weights.pt on the val "
                                                         "split gives the 2 recorded val metric(s) within tolerance")

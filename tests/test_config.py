@@ -55,7 +55,7 @@ def test_overrides_change_values_and_the_hash():
         ("train.lrr=1", ["train.lrr", "did you mean 'train.lr'"]),
         ("data=nope", ["data/nope", "bouncing_shapes, moving_digits, video_folder"]),
         ("train.schedule=cosin", ["train.schedule", "'cosin'", "did you mean 'cosine'"]),
-        ("train.deterministic=maybe", ["train.deterministic", "true or false"]),
+        ("train.runtime.deterministic=maybe", ["train.runtime.deterministic", "true or false"]),
         ("train.batch_size=2.5", ["train.batch_size", "an integer"]),
         ("preprocess.crop_size=64", ["preprocess.crop_size = 64", "crop must fit"]),
         ("data.moving_digits.speed=[3,1]", ["data.moving_digits.speed", "min <= max"]),
@@ -150,7 +150,7 @@ def test_the_paper_profile_composes_a_consistent_gpu_scale_config(tmp_path):
     from usam.train.tasks import make_task
 
     cfg = compose(["profile=paper"])
-    assert cfg.train.use_gpu and cfg.train.workers == 8 and cfg.model.width == 1024
+    assert cfg.train.runtime.use_gpu and cfg.train.runtime.workers == 8 and cfg.model.width == 1024
     assert cfg.data.frame_size == 64 and cfg.tokenizer.quantizer.scales[-1] == 64 // cfg.tokenizer.arch.spatial_down
     task = make_task("tokenizer", cfg, tmp_path / "data", tmp_path)
     with pytest.raises(DataError):  # the schedule tiles the frames: only the (absent) data is missing

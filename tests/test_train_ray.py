@@ -22,8 +22,8 @@ DATA = ["data.num_videos.train=48", "data.num_videos.val=8", "data.num_videos.te
 SMALL_RUN = [
     "data.name=bouncing_shapes", "evaluator.clip.width=8", "evaluator.train.batch_size=4",
     "evaluator.train.epochs=2", "evaluator.train.max_steps=8", "evaluator.train.warmup_steps=2",
-    "evaluator.train.checkpoint_every=3", "evaluator.train.log_every=2", "evaluator.train.max_failures=1",
-    "evaluator.train.cpus_per_worker=1", "evaluator.train.threads_per_worker=1", "evaluator.train.precision=fp32",
+    "evaluator.train.runtime.checkpoint_every=3", "evaluator.train.runtime.log_every=2", "evaluator.train.runtime.max_failures=1",
+    "evaluator.train.runtime.cpus_per_worker=1", "evaluator.train.runtime.threads_per_worker=1", "evaluator.train.precision=fp32",
 ]
 
 
@@ -44,8 +44,8 @@ def _weights(result) -> dict:
 
 
 def test_ddp_ranks_agree_and_a_killed_worker_resumes_bit_exactly(project: Path):
-    plain = fit(compose([*DATA, *SMALL_RUN, "evaluator.train.workers=2"]), "evaluator_clip", root=project)
-    chaos_cfg = compose([*DATA, *SMALL_RUN, "evaluator.train.workers=2", "evaluator.train.fault_injection_step=5"])
+    plain = fit(compose([*DATA, *SMALL_RUN, "evaluator.train.runtime.workers=2"]), "evaluator_clip", root=project)
+    chaos_cfg = compose([*DATA, *SMALL_RUN, "evaluator.train.runtime.workers=2", "debug.fault_injection_step=5"])
     chaos = fit(chaos_cfg, "evaluator_clip", root=project)
 
     # the failure really happened (after the step-3 checkpoint, mid-epoch) and training went on
@@ -80,7 +80,7 @@ def test_ddp_ranks_agree_and_a_killed_worker_resumes_bit_exactly(project: Path):
 
 
 def test_a_nan_loss_stops_with_the_step_named_and_keeps_the_last_good_checkpoint(project: Path):
-    cfg = compose([*DATA, *SMALL_RUN, "evaluator.train.fault_injection_kind=nan_loss", "evaluator.train.fault_injection_step=4"])
+    cfg = compose([*DATA, *SMALL_RUN, "debug.fault_injection_kind=nan_loss", "debug.fault_injection_step=4"])
     with pytest.raises(UsamError) as info:
         fit(cfg, "evaluator_clip", root=project)
     message = str(info.value)
@@ -92,7 +92,7 @@ def test_a_nan_loss_stops_with_the_step_named_and_keeps_the_last_good_checkpoint
 
 def test_unplaceable_workers_and_missing_data_fail_before_training(project: Path, tmp_path: Path):
     with pytest.raises(UsamError, match=r"8 worker\(s\) need 8 CPU .* the Ray cluster has 2 CPU"):
-        fit(compose([*DATA, *SMALL_RUN, "evaluator.train.workers=8"]), "evaluator_clip", root=project)
+        fit(compose([*DATA, *SMALL_RUN, "evaluator.train.runtime.workers=8"]), "evaluator_clip", root=project)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "dvc.yaml").write_text("stages: {}\n")
@@ -176,9 +176,9 @@ def test_the_tokenizer_trains_on_two_ddp_workers_with_every_loss_and_logs_panels
     torch.save({"model": FrameClassifier(num_classes=10, width=4, stages=2).state_dict(), "task": "evaluator_frame"}, judge)
     cfg = compose([
         *DATA, "data.name=moving_digits", "tokenizer.arch.base_channels=8", "tokenizer.quantizer.bits=8",
-        "tokenizer.train.workers=2", "tokenizer.train.cpus_per_worker=1", "tokenizer.train.threads_per_worker=1",
+        "tokenizer.train.runtime.workers=2", "tokenizer.train.runtime.cpus_per_worker=1", "tokenizer.train.runtime.threads_per_worker=1",
         "tokenizer.train.batch_size=4", "tokenizer.train.max_steps=4", "tokenizer.train.epochs=1",
-        "tokenizer.train.log_every=2", f"tokenizer.loss.perceptual.domain_weights={judge}",
+        "tokenizer.train.runtime.log_every=2", f"tokenizer.loss.perceptual.domain_weights={judge}",
         "tokenizer.loss.adversarial.weight=0.5", "tokenizer.loss.adversarial.start_step=2", "tokenizer.eval.panel_videos=2",
     ])
     result = fit(cfg, "tokenizer", root=project)

@@ -129,7 +129,7 @@ def test_usam_train_without_data_or_with_a_bad_config_is_one_clear_error(project
     assert "dvc repro preprocess@bouncing_shapes" in missing.stderr
     assert not (project / "mlflow.db").exists() and not (project / "outputs").exists()
     bad = run(["usam", "train", "evaluator_clip", "evaluator.train.precision=fp16"], cwd=project, check=False)
-    assert bad.returncode == 2 and "evaluator.train.precision = 'fp16' needs evaluator.train.use_gpu=true" in bad.stderr
+    assert bad.returncode == 2 and "evaluator.train.precision = 'fp16' needs evaluator.train.runtime.use_gpu=true" in bad.stderr
     from usam.data import build_dataset, preprocess_dataset
 
     small = compose(["data.num_videos.train=6", "data.num_videos.val=2", "data.num_videos.test=2"])

@@ -139,15 +139,15 @@ def test_asha_stops_weak_trials_and_the_next_ones_still_run(project: Path, ray_i
 
 def test_a_failing_trial_is_recorded_with_its_error_and_the_sweep_goes_on(project: Path, ray_instance):
     spec = _spec(project, "failing.yaml", {
-        "task": "evaluator_frame", "overrides": [*EVAL, "evaluator.train.fault_injection_kind=nan_loss"],
-        "space": {"evaluator.train.fault_injection_step": {"type": "grid", "values": [None, 1]}},
+        "task": "evaluator_frame", "overrides": [*EVAL, "debug.fault_injection_kind=nan_loss"],
+        "space": {"debug.fault_injection_step": {"type": "grid", "values": [None, 1]}},
         "searcher": "grid", "trials": 2, "resources": {"cpus": 1}, "epochs": 1, "seeds": [0],
     })
-    table = sweep(spec, root=project, progress=False).set_index("evaluator.train.fault_injection_step")
+    table = sweep(spec, root=project, progress=False).set_index("debug.fault_injection_step")
     assert table.loc["null", "status"] == "completed" and table.loc["1", "status"] == "failed"
     assert "NaN" in table.loc["1", "error"]
     client, _, children = _runs(project, _study_name(table, project))
-    status = {c.data.params["evaluator.train.fault_injection_step"]: c.info.status for c in children}
+    status = {c.data.params["debug.fault_injection_step"]: c.info.status for c in children}
     assert status == {"None": "FINISHED", "1": "FAILED"}
 
 
@@ -220,7 +220,7 @@ def test_a_sweep_whose_driver_is_killed_resumes_with_every_trial_once(project: P
     """The driver dies mid-sweep (SIGKILL to its process group: its local Ray goes with it); `--resume latest`
     finishes the remaining trials, continues the interrupted one, and runs none twice."""
     spec = _spec(project, "resume.yaml", {
-        "task": "evaluator_frame", "overrides": [*EVAL, "evaluator.train.max_steps=null", "evaluator.train.checkpoint_every=1"],
+        "task": "evaluator_frame", "overrides": [*EVAL, "evaluator.train.max_steps=null", "evaluator.train.runtime.checkpoint_every=1"],
         "space": {"evaluator.train.lr": {"type": "grid", "values": [0.001, 0.002, 0.003]}},
         "searcher": "grid", "trials": 3, "resources": {"cpus": 1}, "epochs": 3, "seeds": [0],
     })

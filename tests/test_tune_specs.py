@@ -155,11 +155,11 @@ def test_each_searcher_and_dimension_becomes_its_tune_counterpart(tmp_path):
     assert config.num_samples == 4 and config.metric == "val_loss" and config.mode == "min"
     # one worker: it trains in the trial, on all of the trial's CPUs; two: each gets half of what the waiting
     # trial (0.25 CPU) leaves
-    assert _budget("sweep", spec) == ["train.epochs=6", "train.cpus_per_worker=2", "train.use_gpu=false"]
+    assert _budget("sweep", spec) == ["train.epochs=6", "train.runtime.cpus_per_worker=2", "train.runtime.use_gpu=false"]
     assert trial_resources(recipe(compose([*spec.overrides, *_budget("sweep", spec)]), spec.task)) == {"CPU": 2.0}
-    ddp = load_sweep(_write(tmp_path, {**BASE, "overrides": [*BASE.get("overrides", []), "train.workers=2"],
+    ddp = load_sweep(_write(tmp_path, {**BASE, "overrides": [*BASE.get("overrides", []), "train.runtime.workers=2"],
                                        "resources": {"cpus": 2}}))
-    assert _budget("sweep", ddp)[1] == "train.cpus_per_worker=0.875"
+    assert _budget("sweep", ddp)[1] == "train.runtime.cpus_per_worker=0.875"
     assert trial_resources(recipe(compose([*ddp.overrides, *_budget("sweep", ddp)]), ddp.task)) == {"CPU": 0.25}
     assert trial_overrides("sweep", 4, point={"train.lr": 2e-4, "seed": 9}) == ["train.lr=0.0002", "seed=4"]
     assert _repeatable("sweep", spec)[0]

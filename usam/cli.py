@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = _command(
         sub, "train", cmd_train, help="train a model on Ray Train (DDP), tracked in MLflow",
         description="Train TASK with the validated config. Examples:\n"
-        "  usam train evaluator_clip data.name=bouncing_shapes evaluator.train.workers=2\n"
+        "  usam train evaluator_clip data.name=bouncing_shapes evaluator.train.runtime.workers=2\n"
         "  usam train evaluator_frame --resume <mlflow-run-id>    # continue an interrupted run",
     )
     train.add_argument("task", choices=TASKS, help="what to train")

@@ -266,7 +266,34 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how a recipe runs: placement, threads, determinism, checkpoint and log cadence."""
+
+    workers: int = knob(ge=1, le=4096, doc="Ray Train workers (DDP ranks)")
+    use_gpu: bool = knob(doc="one GPU per worker, NCCL backend")
+    cpus_per_worker: float = knob(gt=0.0, le=256.0, doc="CPUs reserved per worker")
+    threads_per_worker: int = knob(ge=1, le=256, doc="torch intra-op threads per worker")
+    backend: Literal["auto", "gloo", "nccl"] = knob(doc="DDP backend; auto: nccl on GPU, gloo on CPU")
+    dataloader_workers: int = knob(ge=0, le=64, doc="DataLoader worker processes per training worker")
+    deterministic: bool = knob(doc="torch deterministic algorithms (bit-exact CPU runs)")
+    grad_checkpointing: bool = knob(doc="recompute block activations in backward to save memory")
+    checkpoint_every: int = knob(ge=1, doc="optimizer steps between checkpoints (also at each epoch end)")
+    keep_checkpoints: int = knob(ge=1, le=1000, doc="checkpoints kept in Ray storage")
+    max_failures: int = knob(ge=0, le=1000, doc="worker-group restarts from the last checkpoint")
+    log_every: int = knob(ge=1, doc="optimizer steps between logged metrics and progress lines")
+    visuals_every: int = knob(ge=1, doc="epochs between logged sample grids / panels (the last epoch always logs)")
+
+    def check(self) -> list[str]:
+        if self.backend == "nccl" and not self.use_gpu:
+            return ["{path}.backend = 'nccl' needs {path}.use_gpu=true (CPU workers use gloo)"]
+        return []
+
+
+@dataclass(frozen=True)
 class TrainConfig:
+    """A training recipe (optimiser, schedule, batch, epochs, precision, regularisation) and, under ``runtime``,
+    where it runs."""
+
     lr: float = knob(gt=0.0, le=1.0, doc="peak AdamW learning rate (seed: 1e-4..3e-4)")
     weight_decay: float = knob(ge=0.0, le=1.0, doc="AdamW weight decay (seed: 1e-3..1e-2)")
     grad_clip: float = knob(ge=0.0, le=100.0, doc="max global grad norm, 0 disables (seed: 1..5)")
@@ -281,30 +308,21 @@ class TrainConfig:
     label_smoothing: float = knob(ge=0.0, lt=1.0, doc="label smoothing of classification losses")
     ema_decay: float = knob(ge=0.0, lt=1.0, doc="EMA of weights per optimizer step (0: off)")
     precision: Literal["fp32", "bf16", "fp16"] = knob(doc="autocast dtype; bf16 also on CPU, fp16 needs CUDA")
-    grad_checkpointing: bool = knob(doc="recompute block activations in backward to save memory")
-    deterministic: bool = knob(doc="torch deterministic algorithms (bit-exact CPU runs)")
-    dataloader_workers: int = knob(ge=0, le=64, doc="DataLoader worker processes per training worker")
-    workers: int = knob(ge=1, le=4096, doc="Ray Train workers (DDP ranks)")
-    use_gpu: bool = knob(doc="one GPU per worker, NCCL backend")
-    cpus_per_worker: float = knob(gt=0.0, le=256.0, doc="CPUs reserved per worker")
-    threads_per_worker: int = knob(ge=1, le=256, doc="torch intra-op threads per worker")
-    backend: Literal["auto", "gloo", "nccl"] = knob(doc="DDP backend; auto: nccl on GPU, gloo on CPU")
-    checkpoint_every: int = knob(ge=1, doc="optimizer steps between checkpoints (also at each epoch end)")
-    keep_checkpoints: int = knob(ge=1, le=1000, doc="checkpoints kept in Ray storage")
-    max_failures: int = knob(ge=0, le=1000, doc="worker-group restarts from the last checkpoint")
-    log_every: int = knob(ge=1, doc="optimizer steps between logged metrics and progress lines")
-    visuals_every: int = knob(ge=1, doc="epochs between logged sample grids / panels (the last epoch always logs)")
     cache_latents: bool = knob(doc="generators on a frozen tokenizer: encode each train/val video once, un-augmented, instead of every step")
-    fault_injection_step: Optional[int] = knob(ge=1, doc="chaos test: inject a fault once at this step (null: off)")
-    fault_injection_kind: Literal["kill", "nan_loss"] = knob(doc="kill: rank 0 process dies; nan_loss: rank 0 loss becomes NaN")
+    runtime: RuntimeConfig = knob()
 
     def check(self) -> list[str]:
-        out = []
-        if self.precision == "fp16" and not self.use_gpu:
-            out.append("{path}.precision = 'fp16' needs {path}.use_gpu=true (on CPU use bf16)")
-        if self.backend == "nccl" and not self.use_gpu:
-            out.append("{path}.backend = 'nccl' needs {path}.use_gpu=true (CPU workers use gloo)")
-        return out
+        if self.precision == "fp16" and not self.runtime.use_gpu:
+            return ["{path}.precision = 'fp16' needs {path}.runtime.use_gpu=true (on CPU use bf16)"]
+        return []
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """Chaos tests: faults injected on purpose, to prove that resume and the non-finite guard work."""
+
+    fault_injection_step: Optional[int] = knob(ge=1, doc="inject a fault once at this optimizer step (null: off)")
+    fault_injection_kind: Literal["kill", "nan_loss"] = knob(doc="kill: rank 0 process dies; nan_loss: rank 0 loss becomes NaN")
 
 
 @dataclass(frozen=True)
@@ -468,6 +486,7 @@ class Config:
     evaluator: EvaluatorConfig = knob()
     tokenizer: TokenizerConfig = knob()
     baselines: BaselinesConfig = knob()
+    debug: DebugConfig = knob()
 
     def check(self) -> list[str]:
         clip = self.preprocess.augment.clip_frames

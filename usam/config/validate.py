@@ -21,6 +21,14 @@ from usam.errors import ConfigError
 # Keys that no longer exist, and what to use instead: an old override or params.yaml gets this, not a guess.
 RETIRED = {
     "model.name": "the task picks the model (`usam train usam`, the `usam` stage): drop model.name",
+    **{f"{section}.{key}": f"use {section}.runtime.{key} (where a recipe runs lives apart from the recipe)"
+       for section in ("train", "evaluator.train", "tokenizer.train")
+       for key in ("workers", "use_gpu", "cpus_per_worker", "threads_per_worker", "backend", "dataloader_workers",
+                   "deterministic", "grad_checkpointing", "checkpoint_every", "keep_checkpoints", "max_failures",
+                   "log_every", "visuals_every")},
+    **{f"{section}.{key}": f"use debug.{key} (chaos tests live in the debug group)"
+       for section in ("train", "evaluator.train", "tokenizer.train")
+       for key in ("fault_injection_step", "fault_injection_kind")},
 }
 
 

@@ -505,17 +505,17 @@ def check_determinism(record: RunRecord, root: Path) -> Check:
     details = tuple(f"recorded at start (driver): {k} = {v}" for k, v in recorded.items())
     task = record.tags.get("usam.task")
     key = train_section(task) if task else None
-    flag = record.params.get(f"{key}.deterministic") if key else None
+    flag = record.params.get(f"{key}.runtime.deterministic") if key else None
     if flag is None:
-        why = f"param {key}.deterministic is not recorded" if task else "not a training run (no usam.task tag)"
+        why = f"param {key}.runtime.deterministic is not recorded" if task else "not a training run (no usam.task tag)"
         return Check("determinism", WARN, f"{why}: the flags in force during the work are unknown; "
                                           f"at start: {_flags_line(recorded)}", details=details)
     precision = record.params.get(f"{key}.precision", "?")
     if flag == "True":
-        return Check("determinism", PASS, f"{key}.deterministic = true: the workers ran deterministic algorithms, no cuDNN "
+        return Check("determinism", PASS, f"{key}.runtime.deterministic = true: the workers ran deterministic algorithms, no cuDNN "
                                           f"benchmark, no TF32, CUBLAS_WORKSPACE_CONFIG=:4096:8 (precision {precision}); "
                                           "a re-run on the same hardware and software is bit-exact", details=details)
-    return Check("determinism", WARN, f"{key}.deterministic = false (precision {precision}; at start: "
+    return Check("determinism", WARN, f"{key}.runtime.deterministic = false (precision {precision}; at start: "
                                       f"{_flags_line(recorded)}): kernels may be picked by autotuning and reduce in any "
                                       "order, so a re-run matches only statistically, not bit for bit", details=details)
 
@@ -594,9 +594,9 @@ def check_metrics(record: RunRecord, root: Path) -> Check:
         return Check("metrics", WARN, f"not compared: the evaluation gives none of the recorded {_listing(sorted(recorded))}")
     if off:
         key = train_section(task)
-        elsewhere = [why for why, flag in (("on a GPU", record.params.get(f"{key}.use_gpu") == "True"),
-                                           (f"on {record.params.get(f'{key}.workers')} workers' shards of the val split",
-                                            record.params.get(f"{key}.workers", "1") not in ("1", "None")))
+        elsewhere = [why for why, flag in (("on a GPU", record.params.get(f"{key}.runtime.use_gpu") == "True"),
+                                           (f"on {record.params.get(f'{key}.runtime.workers')} workers' shards of the val split",
+                                            record.params.get(f"{key}.runtime.workers", "1") not in ("1", "None")))
                      if flag]
         status = WARN if elsewhere else FAIL  # a CPU re-evaluation of the whole split cannot match those bit for bit
         because = f" (the run validated {' and '.join(elsewhere)}; this is one CPU worker on the whole split)" \

@@ -340,7 +340,7 @@ def replicate(ref: str, cfg: Config, root: Path, *, rtol: float = 0.0, atol: flo
     if replica_sha != record.tags["checkpoint.sha256"]:
         with tempfile.TemporaryDirectory() as tmp:
             diffs = tensor_differences(original_weights(record, root, Path(tmp)), weights)
-    use_gpu = str(record.params.get(f"{train_section(task)}.use_gpu")) == "True"
+    use_gpu = str(record.params.get(f"{train_section(task)}.runtime.use_gpu")) == "True"
     result = Replication(
         original_id=original.info.run_id, original_name=original.info.run_name or "", replica_id=replica_id, task=task,
         commit=commit, tracking_uri=uri, rtol=rtol, atol=atol, pinned=pinned, links=tuple(links), code_from=code_from,

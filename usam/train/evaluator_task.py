@@ -68,7 +68,7 @@ class EvaluatorTask:
         net = FrameClassifier if self.kind == "frame" else ClipClassifier
         return net(
             num_classes=self.num_classes(), width=m.width, stages=m.stages,
-            dropout=m.dropout, drop_path=m.drop_path, grad_checkpointing=self.train_cfg.grad_checkpointing,
+            dropout=m.dropout, drop_path=m.drop_path, grad_checkpointing=self.train_cfg.runtime.grad_checkpointing,
         )
 
     def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -163,11 +163,11 @@ def train_worker(payload: dict, session: RayTrainSession | LocalSession | None =
     tcfg = task.train_cfg
     session = session or RayTrainSession()
     rank, world, device = session.rank, session.world, session.device
-    torch.set_num_threads(tcfg.threads_per_worker)
+    torch.set_num_threads(tcfg.runtime.threads_per_worker)
 
-    seed_everything(cfg.seed, deterministic=tcfg.deterministic)  # same initial weights on every rank
+    seed_everything(cfg.seed, deterministic=tcfg.runtime.deterministic)  # same initial weights on every rank
     model = task.build_model()
-    seed_everything(derive_seed(cfg.seed, "rank", rank), deterministic=tcfg.deterministic)
+    seed_everything(derive_seed(cfg.seed, "rank", rank), deterministic=tcfg.runtime.deterministic)
     optimizer = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=(0.9, 0.95))
 
     train_ds, val_ds = _datasets(task, device)
@@ -231,7 +231,7 @@ def train_worker(payload: dict, session: RayTrainSession | LocalSession | None =
         # and a run resumed mid-epoch would draw once more than the uninterrupted one (other dropout masks).
         loader = DataLoader(
             train_ds, batch_size=tcfg.batch_size, sampler=sampler, drop_last=True,
-            num_workers=tcfg.dataloader_workers, worker_init_fn=worker_init_fn,
+            num_workers=tcfg.runtime.dataloader_workers, worker_init_fn=worker_init_fn,
             generator=dataloader_generator(cfg.seed, "train", progress.epoch, rank),
         )
         model.train()
@@ -241,7 +241,7 @@ def train_worker(payload: dict, session: RayTrainSession | LocalSession | None =
             with model.no_sync() if (world > 1 and not last_micro) else _null():
                 with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else _null():
                     loss, parts = task.loss(model, batch, device, progress.step)
-                if rank == 0 and tcfg.fault_injection_kind == "nan_loss" and tcfg.fault_injection_step == progress.step + 1:
+                if rank == 0 and cfg.debug.fault_injection_kind == "nan_loss" and cfg.debug.fault_injection_step == progress.step + 1:
                     loss = loss * float("nan")
                 finite = _all_true(bool(torch.isfinite(loss)), device)
                 if finite:
@@ -270,10 +270,10 @@ def train_worker(payload: dict, session: RayTrainSession | LocalSession | None =
             if logger is not None:
                 logger.step(progress, parts, scheduler.get_last_lr()[0], grad_norm,
                             samples=tcfg.batch_size * tcfg.grad_accum * world, memory_mb=_memory_mb(device))
-            if tcfg.fault_injection_kind == "kill" and tcfg.fault_injection_step == progress.step and rank == 0:
+            if cfg.debug.fault_injection_kind == "kill" and cfg.debug.fault_injection_step == progress.step and rank == 0:
                 _inject_failure_once(Path(payload["fault_marker"]))
             done = progress.step >= total_steps
-            if progress.step % tcfg.checkpoint_every == 0 and not done and progress.micro < micro_per_epoch:
+            if progress.step % tcfg.runtime.checkpoint_every == 0 and not done and progress.micro < micro_per_epoch:
                 save({"loss": float(loss.detach())})
             if done:
                 break
@@ -284,7 +284,7 @@ def train_worker(payload: dict, session: RayTrainSession | LocalSession | None =
             progress.micro = 0
             if logger is not None:
                 logger.epoch(progress, val)
-                if progress.epoch % tcfg.visuals_every == 0 or progress.epoch >= tcfg.epochs or done:
+                if progress.epoch % tcfg.runtime.visuals_every == 0 or progress.epoch >= tcfg.epochs or done:
                     logger.visuals(task, bare, val_ds, device, progress.step)
             save(val)
 

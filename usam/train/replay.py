@@ -31,7 +31,7 @@ def evaluate_weights(cfg: Config, task_name: str, *, root: Path, weights: Path,
 
     task = make_task(task_name, cfg, resolve(cfg.data.root, root), root)
     task.check_data()
-    torch.set_num_threads(task.train_cfg.threads_per_worker)
+    torch.set_num_threads(task.train_cfg.runtime.threads_per_worker)
     model = task.build_model()
     model.load_state_dict(load_weights(weights, sha256)["model"])
     _, val = _datasets(task, CPU)
@@ -48,8 +48,9 @@ def short_run(cfg: Config, task_name: str, *, root: Path, steps: int) -> dict[st
     recipe = data
     for part in train_section(task_name).split("."):
         recipe = recipe[part]
-    recipe.update(max_steps=steps, checkpoint_every=10**9, fault_injection_step=None, workers=1, use_gpu=False,
-                  visuals_every=10**6)
+    recipe["max_steps"] = steps
+    recipe["runtime"].update(checkpoint_every=10**9, workers=1, use_gpu=False, visuals_every=10**6)
+    data["debug"]["fault_injection_step"] = None
     with tempfile.TemporaryDirectory(prefix="usam-rerun-") as tmp:
         payload = {"config": data, "task": task_name, "data_root": str(resolve(cfg.data.root, root)),
                    "root": str(root), "log_every": 10**9, "fault_marker": str(Path(tmp) / "fault"),

@@ -5,7 +5,7 @@ the harness (``usam.train.loop``) does everything else the same way for every ta
 The interface: ``name``, ``train_cfg``, ``check_data()``, ``dataset(split, train=)``,
 ``build_model()``, ``loss(model, batch, device, step) -> (loss, parts)``,
 ``evaluate(model, loader, device) -> sums`` and ``summarize(sums) -> val_* metrics``;
-optionally ``visuals(model, dataset, device, folder) -> files`` (logged every ``train.visuals_every``
+optionally ``visuals(model, dataset, device, folder) -> files`` (logged every ``train.runtime.visuals_every``
 epochs), ``datasets(device) -> (train, val)`` (splits prepared on the device, e.g. pre-encoded
 latents) and ``export_meta() -> dict`` (stored with the exported weights).
 """

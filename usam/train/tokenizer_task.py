@@ -95,7 +95,7 @@ class TokenizerTask:
         return ds
 
     def build_model(self) -> nn.Module:
-        model = SpacetimeTokenizer(**tokenizer_kwargs(self.tcfg, self.train_cfg.grad_checkpointing))
+        model = SpacetimeTokenizer(**tokenizer_kwargs(self.tcfg, self.train_cfg.runtime.grad_checkpointing))
         adv = self.tcfg.loss.adversarial
         if adv.weight > 0:
             model.discriminator = PatchGAN3d(adv.channels, adv.layers)

@@ -71,14 +71,14 @@ def ray_address(cfg: Config) -> str | None:
 
 def check_resources(task_cfg, cluster: dict) -> None:
     """A worker group the cluster cannot place would wait forever: say so before starting."""
-    need_cpu = task_cfg.workers * task_cfg.cpus_per_worker
-    need_gpu = task_cfg.workers if task_cfg.use_gpu else 0
+    need_cpu = task_cfg.runtime.workers * task_cfg.runtime.cpus_per_worker
+    need_gpu = task_cfg.runtime.workers if task_cfg.runtime.use_gpu else 0
     have_cpu, have_gpu = cluster.get("CPU", 0), cluster.get("GPU", 0)
     if need_cpu > have_cpu or need_gpu > have_gpu:
         raise UsamError(
-            f"{task_cfg.workers} worker(s) need {need_cpu:g} CPU and {need_gpu} GPU; the Ray cluster has "
+            f"{task_cfg.runtime.workers} worker(s) need {need_cpu:g} CPU and {need_gpu} GPU; the Ray cluster has "
             f"{have_cpu:g} CPU and {have_gpu:g} GPU",
-            where="train.workers / train.cpus_per_worker / train.use_gpu",
+            where="train.runtime.workers / train.runtime.cpus_per_worker / train.runtime.use_gpu",
             fix="lower the worker count or cpus_per_worker, or join a larger cluster with ray.address",
         )
 
@@ -119,14 +119,14 @@ def fit(
     tcfg = task.train_cfg
     task.check_data()
     videos = len(task.dataset("train", train=False))
-    if videos // tcfg.workers < tcfg.batch_size * tcfg.grad_accum:
+    if videos // tcfg.runtime.workers < tcfg.batch_size * tcfg.grad_accum:
         raise UsamError(
-            f"the train split has {videos} videos: too few for one step of {tcfg.workers} worker(s) x batch_size "
+            f"the train split has {videos} videos: too few for one step of {tcfg.runtime.workers} worker(s) x batch_size "
             f"{tcfg.batch_size} x grad_accum {tcfg.grad_accum}",
             where=f"{task.name} on {cfg.data.name}",
             fix="lower the batch size, accumulation or worker count, or build more videos (data.num_videos.train)",
         )
-    here = in_trial is not None and tcfg.workers == 1
+    here = in_trial is not None and tcfg.runtime.workers == 1
     if not here:
         ensure_ray(cfg)
         check_resources(tcfg, ray.cluster_resources())
@@ -137,18 +137,18 @@ def fit(
     else:
         ray_name = f"{task_name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     out_dir = Path(out_dir) if out_dir else Path(storage) / ray_name / "final"
-    backend = tcfg.backend if tcfg.backend != "auto" else ("nccl" if tcfg.use_gpu else "gloo")
+    backend = tcfg.runtime.backend if tcfg.runtime.backend != "auto" else ("nccl" if tcfg.runtime.use_gpu else "gloo")
 
     with tracked_run(cfg, stage=f"train/{task_name}", run_name=run_name or ray_name, root=root,
                      parent_run_id=parent_run_id, resume_run_id=resume_run_id,
                      tags={"ray.run_name": ray_name, "ray.storage_path": storage, "usam.task": task_name,
                            "usam.train.where": "the Tune trial's process" if here else
-                           f"Ray Train worker group of {tcfg.workers}", **(tags or {})}) as run:
+                           f"Ray Train worker group of {tcfg.runtime.workers}", **(tags or {})}) as run:
         print(f"MLflow run {run.run_id} (Ray run {ray_name}); if interrupted, continue with "
               f"`usam train {task_name} <same overrides> --resume {run.run_id}`", flush=True)
         payload = {
             "config": to_dict(cfg), "task": task_name, "data_root": str(data_root), "root": str(root),
-            "tracking_uri": tracking_uri(cfg, root), "run_id": run.run_id, "log_every": tcfg.log_every,
+            "tracking_uri": tracking_uri(cfg, root), "run_id": run.run_id, "log_every": tcfg.runtime.log_every,
             "fault_marker": str(Path(storage) / ray_name / ".fault-injected"),
             "nonfinite_marker": str(Path(storage) / ray_name / "nonfinite.json"),
         }
@@ -182,7 +182,7 @@ def fit(
 
                 traceback.print_exc()
             raise UsamError(
-                f"training failed after {0 if here else tcfg.max_failures} restart(s): {_first_line(exc)}", where=where,
+                f"training failed after {0 if here else tcfg.runtime.max_failures} restart(s): {_first_line(exc)}", where=where,
                 fix=f"read the worker log above; continue from the last checkpoint with {resume_hint}",
             ) from None
         seconds = time.perf_counter() - start
@@ -208,13 +208,13 @@ def _fit_on_ray_train(payload: dict, tcfg, backend: str, ray_name: str, storage:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    resources = {"CPU": tcfg.cpus_per_worker, **({"GPU": 1} if tcfg.use_gpu else {})}
+    resources = {"CPU": tcfg.runtime.cpus_per_worker, **({"GPU": 1} if tcfg.runtime.use_gpu else {})}
     trainer = TorchTrainer(
         _entry, train_loop_config=payload, torch_config=TorchConfig(backend=backend),
-        scaling_config=ScalingConfig(num_workers=tcfg.workers, use_gpu=tcfg.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=tcfg.runtime.workers, use_gpu=tcfg.runtime.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=ray_name, storage_path=storage, failure_config=FailureConfig(max_failures=tcfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints), callbacks=callbacks,
+            name=ray_name, storage_path=storage, failure_config=FailureConfig(max_failures=tcfg.runtime.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tcfg.runtime.keep_checkpoints), callbacks=callbacks,
         ),
     )
     result = trainer.fit()
@@ -226,8 +226,8 @@ def _fit_here(payload: dict, tcfg, folder: Path, *, report: bool) -> tuple[dict,
     import torch
 
 
-    device = torch.device("cuda", 0) if tcfg.use_gpu else torch.device("cpu")
-    session = LocalSession(device, folder, tcfg.keep_checkpoints, tune=report)
+    device = torch.device("cuda", 0) if tcfg.runtime.use_gpu else torch.device("cpu")
+    session = LocalSession(device, folder, tcfg.runtime.keep_checkpoints, tune=report)
     train_worker(payload, session)
     return session.last if session.last is not None else ({}, None)
 

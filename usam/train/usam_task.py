@@ -304,7 +304,7 @@ class USAMTask(StreamTask):
         )
 
     def build_model(self) -> USAM:
-        return USAM(USAMConfig(**self.model_kwargs(), grad_checkpointing=self.train_cfg.grad_checkpointing))
+        return USAM(USAMConfig(**self.model_kwargs(), grad_checkpointing=self.train_cfg.runtime.grad_checkpointing))
 
     # ---- training --------------------------------------------------------------------------------------------
 

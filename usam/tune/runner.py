@@ -103,7 +103,7 @@ def _run(kind: str, spec_path: Path, spec, extra: list[str], address: str | None
     _start_ray(dataclasses.replace(base, ray=dataclasses.replace(base.ray, address=address)) if address else base)
     train = recipe(probe, spec.task)
     resources = trial_resources(train)
-    free = {k: v - TRIAL_CPU if k == "CPU" and train.workers > 1 else v for k, v in ray.cluster_resources().items()}
+    free = {k: v - TRIAL_CPU if k == "CPU" and train.runtime.workers > 1 else v for k, v in ray.cluster_resources().items()}
     check_resources(train, free)
 
     repeatable, why_not = _repeatable(kind, spec)
@@ -128,7 +128,7 @@ def _run(kind: str, spec_path: Path, spec, extra: list[str], address: str | None
                                                          verbose=1 if progress else 0,
                                                          failure_config=tune.FailureConfig(max_failures=0),
                                                          checkpoint_config=tune.CheckpointConfig(
-                                                             num_to_keep=train.keep_checkpoints)))
+                                                             num_to_keep=train.runtime.keep_checkpoints)))
         grid = tuner.fit()
 
         return write_study(study, spec, grid, parent, client)
@@ -195,9 +195,9 @@ def recipe(cfg: Config, task: str):
 def trial_resources(train) -> dict[str, float]:
     """What Tune reserves for a trial: a one-worker recipe trains in the trial itself, so the trial holds the
     worker's CPUs (and GPU); a larger recipe's trial only waits on the worker group it starts."""
-    if train.workers > 1:
+    if train.runtime.workers > 1:
         return {"CPU": TRIAL_CPU}
-    return {"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})}
+    return {"CPU": train.runtime.cpus_per_worker, **({"GPU": 1} if train.runtime.use_gpu else {})}
 
 
 def _budget(kind: str, spec) -> list[str]:
@@ -205,12 +205,12 @@ def _budget(kind: str, spec) -> list[str]:
     them), and a sweep's epochs."""
     section = train_section(spec.task)
     train = recipe(compose(spec_overrides(spec)), spec.task)
-    waits = TRIAL_CPU if train.workers > 1 else 0.0
+    waits = TRIAL_CPU if train.runtime.workers > 1 else 0.0
     if kind != "sweep":  # an ablation keeps its recipe; the waiting trial's share comes out of the first worker
-        return [f"{section}.cpus_per_worker={max(train.cpus_per_worker - waits / train.workers, 0.05):g}"]
-    cpus = max(spec.resources.cpus - waits, 0.05) / train.workers
-    return [f"{section}.epochs={spec.epochs}", f"{section}.cpus_per_worker={cpus:g}",
-            f"{section}.use_gpu={'true' if spec.resources.gpus > 0 else 'false'}"]
+        return [f"{section}.runtime.cpus_per_worker={max(train.runtime.cpus_per_worker - waits / train.runtime.workers, 0.05):g}"]
+    cpus = max(spec.resources.cpus - waits, 0.05) / train.runtime.workers
+    return [f"{section}.epochs={spec.epochs}", f"{section}.runtime.cpus_per_worker={cpus:g}",
+            f"{section}.runtime.use_gpu={'true' if spec.resources.gpus > 0 else 'false'}"]
 
 
 def _check_prerequisites(kind: str, spec, base: Config, root: Path) -> None:
