@@ -28,9 +28,9 @@ from usam.train.tasks import BASELINES, make_task
 def main(argv: list[str] | None = None) -> None:
     args, root, cfg, layout = parse_stage(__doc__, argv, {
         "model": f"one of {', '.join(BASELINES)}", "name": "dataset, one of baselines.datasets"}, {
-        "tokenizer": (lambda layout, a: layout.tokenizers(a.name), "the tokenizer it trains on"),
+        "tokenizer": (lambda layout, a: layout.tokenizer_dir(a.name), "the tokenizer it trains on"),
         "evaluators": (lambda layout, a: layout.evaluators(a.name), "the evaluators that score its samples"),
-        "out": (lambda layout, a: layout.generators(a.model, a.name), "the model's folder"),
+        "out": (lambda layout, a: layout.generator_dir(a.model, a.name), "the model's folder"),
         "metrics": (lambda layout, a: layout.generator_metrics(a.model, a.name), "the metrics JSON")})
     if args.model not in BASELINES:
         raise UsamError(f"unknown baseline {args.model!r}", where="pipelines.baseline MODEL",

@@ -96,7 +96,7 @@ def temporal_scores(videos: torch.Tensor, frame_net, normalize: dict, prefix: st
 def main(argv: list[str] | None = None) -> None:
     args, root, cfg, layout = parse_stage(__doc__, argv, {
         "model": f"one of {', '.join(MODELS)}", "name": "dataset the model was trained on"}, {
-        "weights": (lambda layout, a: layout.generators(a.model, a.name), "the trained model's folder"),
+        "weights": (lambda layout, a: layout.generator_dir(a.model, a.name), "the trained model's folder"),
         "prepared": (lambda layout, a: layout.prepared(), "the prepared datasets (its own and the transfer targets)"),
         "evaluators": (lambda layout, a: layout.evaluators(), "the evaluators of every dataset"),
         "out": (lambda layout, a: layout.eval(a.model, a.name), "the sample strip and training curve"),

@@ -23,7 +23,7 @@ from usam.train.tasks import make_task
 def main(argv: list[str] | None = None) -> None:
     args, root, cfg, layout = parse_stage(__doc__, argv, DATASET, {
         "evaluators": (lambda layout, a: layout.evaluators(a.name), "the evaluators (the perceptual loss's network)"),
-        "out": (lambda layout, a: layout.tokenizers(a.name), "the tokenizer's folder"),
+        "out": (lambda layout, a: layout.tokenizer_dir(a.name), "the tokenizer's folder"),
         "metrics": (lambda layout, a: layout.tokenizer_metrics(a.name), "the metrics JSON")})
     name, out = args.name, args.out
     cfg = with_dataset(cfg, name)

@@ -27,9 +27,9 @@ from usam.train.tasks import make_task
 @main_guard
 def main(argv: list[str] | None = None) -> None:
     args, root, cfg, layout = parse_stage(__doc__, argv, DATASET, {
-        "tokenizer": (lambda layout, a: layout.tokenizers(a.name), "the tokenizer it trains on"),
+        "tokenizer": (lambda layout, a: layout.tokenizer_dir(a.name), "the tokenizer it trains on"),
         "evaluators": (lambda layout, a: layout.evaluators(a.name), "the evaluators that score its samples"),
-        "out": (lambda layout, a: layout.generators("usam", a.name), "the model's folder"),
+        "out": (lambda layout, a: layout.generator_dir("usam", a.name), "the model's folder"),
         "metrics": (lambda layout, a: layout.generator_metrics("usam", a.name), "the metrics JSON")})
     name, out = args.name, args.out
     cfg = with_dataset(cfg, name)

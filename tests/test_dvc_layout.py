@@ -128,21 +128,21 @@ def expected(stage: str, item) -> dict:
         return {"flags": {"out": L.evaluators(item), "metrics": L.evaluator_metrics(item)}, "deps": [L.prepared(item)],
                 "outs": [L.evaluators(item)], "metrics": [L.evaluator_metrics(item)]}
     if stage == "tokenizer":
-        return {"flags": {"evaluators": L.evaluators(item), "out": L.tokenizers(item),
+        return {"flags": {"evaluators": L.evaluators(item), "out": L.tokenizer_dir(item),
                           "metrics": L.tokenizer_metrics(item)},
-                "deps": [L.prepared(item), L.evaluators(item)], "outs": [L.tokenizers(item)],
+                "deps": [L.prepared(item), L.evaluators(item)], "outs": [L.tokenizer_dir(item)],
                 "metrics": [L.tokenizer_metrics(item)]}
     if stage in ("usam", "baseline"):
         model, data = ("usam", item) if stage == "usam" else (item["model"], item["data"])
-        return {"flags": {"tokenizer": L.tokenizers(data), "evaluators": L.evaluators(data),
-                          "out": L.generators(model, data), "metrics": L.generator_metrics(model, data)},
-                "deps": [L.prepared(data), L.tokenizers(data), L.evaluators(data)],
-                "outs": [L.generators(model, data)], "metrics": [L.generator_metrics(model, data)]}
+        return {"flags": {"tokenizer": L.tokenizer_dir(data), "evaluators": L.evaluators(data),
+                          "out": L.generator_dir(model, data), "metrics": L.generator_metrics(model, data)},
+                "deps": [L.prepared(data), L.tokenizer_dir(data), L.evaluators(data)],
+                "outs": [L.generator_dir(model, data)], "metrics": [L.generator_metrics(model, data)]}
     if stage in ("evaluate-usam", "evaluate"):
         model, data = ("usam", item) if stage == "evaluate-usam" else (item["model"], item["data"])
-        return {"flags": {"weights": L.generators(model, data), "prepared": L.prepared(), "evaluators": L.evaluators(),
+        return {"flags": {"weights": L.generator_dir(model, data), "prepared": L.prepared(), "evaluators": L.evaluators(),
                           "out": L.eval(model, data), "metrics": L.eval_metrics(model, data)},
-                "deps": [L.prepared(), L.evaluators(), L.generators(model, data)],
+                "deps": [L.prepared(), L.evaluators(), L.generator_dir(model, data)],
                 "outs": [L.eval(model, data)], "metrics": [L.eval_metrics(model, data)]}
     reports = L.reports()
     if stage == "table":

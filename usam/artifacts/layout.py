@@ -70,21 +70,21 @@ class Layout:
     def evaluator_metrics(self, dataset: str) -> Path:
         return self.root / "metrics" / "evaluators" / f"{dataset}.json"
 
-    def tokenizers(self, dataset: str) -> Path:
+    def tokenizer_dir(self, dataset: str) -> Path:
         return self.root / "models" / "tokenizer" / dataset
 
     def tokenizer(self, dataset: str) -> Path:
-        return self.tokenizers(dataset) / "tokenizer.pt"
+        return self.tokenizer_dir(dataset) / "tokenizer.pt"
 
     def tokenizer_metrics(self, dataset: str) -> Path:
         return self.root / "metrics" / "tokenizer" / f"{dataset}.json"
 
-    def generators(self, model: str, dataset: str) -> Path:
+    def generator_dir(self, model: str, dataset: str) -> Path:
         """The folder of a trained generator: USAM's own, a baseline's under its family."""
         return self.root / "models" / (Path("usam") if model == "usam" else Path("baselines", model)) / dataset
 
     def generator(self, model: str, dataset: str) -> Path:
-        return self.generators(model, dataset) / f"{model}.pt"
+        return self.generator_dir(model, dataset) / f"{model}.pt"
 
     def generator_metrics(self, model: str, dataset: str) -> Path:
         family = Path("usam") if model == "usam" else Path("baselines", model)
@@ -126,6 +126,11 @@ class Layout:
             sha = None
         return Weights(Path(path), sha, self.ref(path))
 
+    def tokenizer_weights(self, dataset: str, folder: Path | None = None) -> Weights:
+        """The tokenizer of ``dataset``, in ``folder`` (a stage's ``--tokenizer``) or where the layout keeps it."""
+        path = Path(folder) / "tokenizer.pt" if folder else self.tokenizer(dataset)
+        return self.weights(path, self.tokenizer_metrics(dataset))
+
     def evaluator_weights(self, dataset: str, kind: str, folder: Path | None = None) -> Weights:
         """The ``kind`` evaluator of ``dataset``, in ``folder`` (a stage's ``--evaluators``) or where the layout keeps it."""
         path = Path(folder) / f"{kind}.pt" if folder else self.evaluator(dataset, kind)
@@ -140,9 +145,8 @@ class Layout:
         was given (default: where the layout keeps them; a configured ``domain_weights`` wins), with the
         sha256 their stages recorded."""
         name = cfg.data.name
-        tokenizer = self.weights(Path(tokenizers or self.tokenizers(name)) / "tokenizer.pt", self.tokenizer_metrics(name))
         configured = cfg.tokenizer.loss.perceptual.domain_weights
         frame = (Weights(resolve(configured, self.root), None, configured) if configured
                  else self.evaluator_weights(name, "frame", evaluators))
         lpips = resolve(cfg.eval.lpips_weights, self.root) if cfg.eval.lpips_weights else None
-        return Inputs(tokenizer, frame, lpips)
+        return Inputs(self.tokenizer_weights(name, tokenizers), frame, lpips)

@@ -117,8 +117,8 @@ def fit(
     if task_name not in TASKS:
         raise UsamError(f"unknown task {task_name!r}", where="usam train TASK", fix=f"use one of {', '.join(TASKS)}")
     root = (root or find_project_root()).resolve()
-    data_root = resolve(cfg.data.root, root)
-    task = make_task(task_name, cfg, Layout(root, data_root), inputs)
+    layout = Layout.of(cfg, root)
+    task = make_task(task_name, cfg, layout, inputs)
     tcfg = task.train_cfg
     task.check_data()
     videos = len(task.dataset("train", train=False))
@@ -150,7 +150,7 @@ def fit(
         print(f"MLflow run {run.run_id} (Ray run {ray_name}); if interrupted, continue with "
               f"`usam train {task_name} <same overrides> --resume {run.run_id}`", flush=True)
         payload = {
-            "config": to_dict(cfg), "task": task_name, "layout": Layout(root, data_root), "inputs": inputs,
+            "config": to_dict(cfg), "task": task_name, "layout": layout, "inputs": inputs,
             "tracking_uri": tracking_uri(cfg, root), "run_id": run.run_id, "log_every": tcfg.log_every,
             "fault_marker": str(Path(storage) / ray_name / ".fault-injected"),
             "nonfinite_marker": str(Path(storage) / ray_name / "nonfinite.json"),
