@@ -91,8 +91,8 @@ def instances() -> list[tuple[str, str, dict, object]]:
     found = []
     for name, stage in DVC["stages"].items():
         if "foreach" in stage:
-            items = PARAMS["data"]["build"] if stage["foreach"] == "${data.build}" else None
-            found += [(name, stage["do"]["cmd"].split()[2], stage["do"], it) for it in items]
+            assert stage["foreach"] == "${data.build}", f"{name}: a per-dataset stage loops over data.build"
+            found += [(name, stage["do"]["cmd"].split()[2], stage["do"], it) for it in PARAMS["data"]["build"]]
         elif "matrix" in stage:
             found += [(name, stage["cmd"].split()[2], stage, {"model": m, "data": d})
                       for m in PARAMS["baselines"]["models"] for d in PARAMS["baselines"]["datasets"]]
@@ -109,11 +109,7 @@ def is_code(dep: str) -> bool:
     return dep.split("/")[0] in OURS
 
 
-LAYOUT = Layout(Path("."), Path(PARAMS["data"]["root"]))
-
-
-def rel(path: Path) -> str:
-    return str(path)
+LAYOUT = Layout(Path(), Path(PARAMS["data"]["root"]))  # project-relative paths, as dvc.yaml writes them
 
 
 def expected(stage: str, item) -> dict:
@@ -165,10 +161,10 @@ def flags(cmd: str) -> dict[str, str]:
 @pytest.mark.parametrize("stage, module, spec, item", instances(), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_path_a_stage_gets_is_the_layouts(stage, module, spec, item):
     want = expected(stage, item)
-    assert flags(render(spec["cmd"], item)) == {k: rel(v) for k, v in want["flags"].items()}
-    assert [render(d, item) for d in paths_of(spec["deps"]) if not is_code(d)] == [rel(p) for p in want["deps"]]
-    assert [render(o, item) for o in paths_of(spec.get("outs"))] == [rel(p) for p in want["outs"]]
-    assert [render(m, item) for m in paths_of(spec.get("metrics"))] == [rel(p) for p in want["metrics"]]
+    assert flags(render(spec["cmd"], item)) == {k: str(v) for k, v in want["flags"].items()}
+    assert [render(d, item) for d in paths_of(spec["deps"]) if not is_code(d)] == [str(p) for p in want["deps"]]
+    assert [render(o, item) for o in paths_of(spec.get("outs"))] == [str(p) for p in want["outs"]]
+    assert [render(m, item) for m in paths_of(spec.get("metrics"))] == [str(p) for p in want["metrics"]]
 
 
 @pytest.mark.parametrize("stage, module, spec, item", instances(), ids=lambda v: v if isinstance(v, str) else "")
