@@ -8,13 +8,15 @@ Run after changing imports or stages; a failure prints the deps dvc.yaml should 
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from usam.artifacts.layout import Layout
+from usam.artifacts.layout import Layout, Weights
+from usam.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -193,3 +195,17 @@ def test_the_closure_follows_packages_and_from_imports(tmp_path: Path):
         (tmp_path / name).write_text(text)
     assert code_deps("pipelines.s", tmp_path) == ["pipelines/__init__.py", "pipelines/s.py",
                                                                    "usam/__init__.py", "usam/a"]
+
+
+def test_the_default_inputs_are_the_stages_files_with_their_recorded_sha256(tmp_path: Path):
+    """The same files, sha256 and recorded names as before the layout: what a stage computes does not change."""
+    cfg = compose([])
+    layout = Layout.of(cfg, tmp_path)
+    tokenizer = tmp_path / "models" / "tokenizer" / "moving_digits" / "tokenizer.pt"
+    assert layout.inputs(cfg).tokenizer == Weights(tokenizer, None, "models/tokenizer/moving_digits/tokenizer.pt")
+    (tmp_path / "metrics" / "evaluators").mkdir(parents=True)
+    (tmp_path / "metrics" / "evaluators" / "moving_digits.json").write_text(
+        json.dumps({"frame": {"weights_sha256": "f" * 64}, "clip": {"weights_sha256": "c" * 64}}))
+    frame = layout.inputs(cfg).frame_evaluator
+    assert (frame.path, frame.sha256) == (tmp_path / "models" / "evaluators" / "moving_digits" / "frame.pt", "f" * 64)
+    assert layout.evaluator_weights("moving_digits", "clip").sha256 == "c" * 64
