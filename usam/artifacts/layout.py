@@ -2,7 +2,7 @@
 
 ``dvc.yaml`` passes these paths to the stages (a test checks that the two agree), the stages hand
 the tasks the artifacts they train on (``Weights``), and a Tune trial that trains its own tokenizer
-hands that one over instead: nothing below the stages builds a path from the project root.
+hands that one over instead: no task builds a path from the project root.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from pathlib import Path
 
 from usam.config.schema import Config
 from usam.paths import resolve
-
-EVALUATOR_KINDS = ("frame", "clip")
-
 
 @dataclass(frozen=True)
 class Weights:
