@@ -1,36 +1,47 @@
-"""One small module per DVC stage: read params.yaml, call the usam library, write the stage's outs."""
+"""One small module per DVC stage: read params.yaml, call the usam library, write the stage's outs.
+
+A stage gets the paths it reads and writes from its ``cmd`` in dvc.yaml; run by hand without them it
+uses the ones ``usam.artifacts.layout`` names (tests/test_dvc_layout.py checks that the two agree).
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
+from usam.artifacts.layout import Layout
 from usam.config import Config, load_params
-from usam.paths import find_project_root
+from usam.paths import find_project_root, resolve
+
+PathDefault = Callable[[Layout, argparse.Namespace], Path]
 
 
-def dataset_stage(doc: str, argv: list[str] | None = None) -> tuple[str, Path, Config]:
-    """The shared preamble of the per-dataset stages: (dataset name, project root, validated params)."""
-    parser = argparse.ArgumentParser(description=doc)
-    parser.add_argument("name", help="dataset, one of data.build")
-    name = parser.parse_args(argv).name
+def parse_stage(doc: str, argv: list[str] | None, positionals: dict[str, str],
+                paths: dict[str, tuple[PathDefault, str]]) -> tuple[argparse.Namespace, Path, Config, Layout]:
+    """The shared preamble of every stage: (arguments, project root, validated params, layout).
+
+    ``positionals``: name -> help; ``paths``: ``--flag`` -> (its default from the layout and the other
+    arguments, help). Every path comes back absolute (a relative one is the project's)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, text in positionals.items():
+        parser.add_argument(name, help=text)
+    for flag, (_, text) in paths.items():
+        parser.add_argument(f"--{flag}", type=Path, help=f"{text} (default: where the layout keeps it)")
+    args = parser.parse_args(argv)
     root = find_project_root()
-    return name, root, load_params(root / "params.yaml")
+    cfg = load_params(root / "params.yaml")
+    layout = Layout.of(cfg, root)
+    for flag, (default, _) in paths.items():
+        dest = flag.replace("-", "_")
+        given = getattr(args, dest)
+        setattr(args, dest, resolve(given, root) if given else default(layout, args))
+    return args, root, cfg, layout
 
 
-def evaluator_weights(root: Path, name: str, kind: str) -> tuple[Path, str]:
-    """The ``kind`` (frame or clip) evaluator of dataset ``name`` and its recorded sha256."""
-    import json
-
-    report = json.loads((root / "metrics" / "evaluators" / f"{name}.json").read_text())
-    return root / "models" / "evaluators" / name / f"{kind}.pt", report[kind]["weights_sha256"]
+DATASET = {"name": "dataset, one of data.build"}
 
 
-def record_weights(client, run_id: str, path: Path, root: Path) -> None:
+def record_weights(client, run_id: str, path: Path, layout: Layout) -> None:
     """Point the run's ``checkpoint.path`` tag at where the stage keeps the weights (project-relative)."""
-    path = Path(path).resolve()
-    try:
-        shown = str(path.relative_to(root.resolve()))
-    except ValueError:
-        shown = str(path)
-    client.set_tag(run_id, "checkpoint.path", shown)
+    client.set_tag(run_id, "checkpoint.path", layout.ref(path))

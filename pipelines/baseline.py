@@ -8,20 +8,17 @@ level, weights sha256, parameters, training time, MLflow run id).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
 import torch
 
-from pipelines import evaluator_weights, record_weights
+from pipelines import parse_stage, record_weights
 from usam.artifacts.sampling import classify_frames
-from usam.config import load_params
 from usam.errors import UsamError, main_guard
 from usam.eval.generators import load_generator
 from usam.files import atomic_dir
 from usam.media.panels import write_grid
-from usam.paths import find_project_root, resolve
 from usam.track import client_for
 from usam.train import fit, with_dataset
 from usam.train.tasks import BASELINES, make_task
@@ -29,50 +26,53 @@ from usam.train.tasks import BASELINES, make_task
 
 @main_guard
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help=f"one of {', '.join(BASELINES)}")
-    parser.add_argument("name", help="dataset, one of baselines.datasets")
-    args = parser.parse_args(argv)
+    args, root, cfg, layout = parse_stage(__doc__, argv, {
+        "model": f"one of {', '.join(BASELINES)}", "name": "dataset, one of baselines.datasets"}, {
+        "tokenizer": (lambda layout, a: layout.tokenizer_dir(a.name), "the tokenizer it trains on"),
+        "evaluators": (lambda layout, a: layout.evaluators(a.name), "the evaluators that score its samples"),
+        "out": (lambda layout, a: layout.generator_dir(a.model, a.name), "the model's folder"),
+        "metrics": (lambda layout, a: layout.generator_metrics(a.model, a.name), "the metrics JSON")})
     if args.model not in BASELINES:
         raise UsamError(f"unknown baseline {args.model!r}", where="pipelines.baseline MODEL",
                         fix=f"use one of {', '.join(BASELINES)}")
-    root = find_project_root()
-    cfg = with_dataset(load_params(root / "params.yaml"), args.name)
+    cfg = with_dataset(cfg, args.name)
     if args.name not in cfg.data.build:
         raise UsamError(f"baselines.datasets names {args.name!r}, which data.build does not generate",
                         where="params.yaml: baselines.datasets",
                         fix=f"set baselines.datasets to datasets of data.build ({', '.join(cfg.data.build)})")
-    make_task(args.model, cfg, resolve(cfg.data.root, root), root).check_data()
-    out = root / "models" / "baselines" / args.model / args.name
+    inputs = layout.inputs(cfg, tokenizers=args.tokenizer)
+    make_task(args.model, cfg, layout, inputs).check_data()
+    out = args.out
     client = client_for(cfg, root)
     with atomic_dir(out) as tmp:
-        result = fit(cfg, args.model, root=root, out_dir=tmp / ".fit", run_name=f"{args.model}/{args.name}")
+        result = fit(cfg, args.model, root=root, out_dir=tmp / ".fit", run_name=f"{args.model}/{args.name}",
+                     inputs=inputs)
         weights = tmp / f"{args.model}.pt"
         shutil.move(result.weights_path, weights)
         shutil.rmtree(tmp / ".fit")
-        scores = sample_grid(args.model, cfg, root, weights, result.weights_sha256, tmp / "samples", client,
-                             result.run_id)
-    record_weights(client, result.run_id, out / weights.name, root)
+        scores = sample_grid(args.model, cfg, layout, inputs, weights, result.weights_sha256, tmp / "samples",
+                             layout.evaluator_weights(args.name, "frame", args.evaluators), client, result.run_id)
+    record_weights(client, result.run_id, out / weights.name, layout)
     report = {**{k: v for k, v in result.metrics.items() if k.startswith("val_")}, **scores,
               "weights_sha256": result.weights_sha256, "train_seconds": round(result.train_seconds, 1),
               "mlflow_run_id": result.run_id}
-    path = root / "metrics" / "baselines" / args.model / f"{args.name}.json"
+    path = args.metrics
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     print(f"{args.model}/{args.name}: samples classified as their class {scores['sample_class_acc']:.0%} "
           f"(chance {scores['chance']:.0%})")
 
 
-def sample_grid(model: str, cfg, root, weights, sha256: str, folder, client, run_id: str) -> dict:
-    """The per-class sample grid of a trained generator (logged to its run) and its class accuracy."""
-    gen = load_generator(model, cfg, root, weights, sha256)
+def sample_grid(model: str, cfg, layout, inputs, weights, sha256: str, folder, frame, client, run_id: str) -> dict:
+    """The per-class sample grid of a trained generator (logged to its run) and its class accuracy by the
+    ``frame`` evaluator."""
+    gen = load_generator(model, cfg, layout, weights, sha256, inputs)
     names = gen.class_names
     classes = torch.arange(len(names)).repeat_interleave(cfg.model.sampling.per_class)
     videos = gen.sample(classes, cfg.seed)
     for f in write_grid(videos, folder, "samples", mp4=True):
         client.log_artifact(run_id, str(f), "samples")
-    frame, sha = evaluator_weights(root, cfg.data.name, "frame")
-    predicted = classify_frames(videos, frame, sha, gen.task.normalize)
+    predicted = classify_frames(videos, frame.path, frame.sha256, gen.task.normalize)
     accuracy = float((predicted == classes).float().mean())
     client.log_metric(run_id, "samples/class_acc", accuracy)
     return {"sample_class_acc": accuracy, "chance": 1.0 / len(names), "parameters": gen.parameters}

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pipelines import dataset_stage
+from pipelines import DATASET, parse_stage
 from usam.data import build_dataset, dataset_hashes
 from usam.errors import main_guard
-from usam.paths import resolve
 from usam.track import tracked_run
 
 
 @main_guard
 def main(argv: list[str] | None = None) -> None:
-    name, root, cfg = dataset_stage(__doc__, argv)
-    out = resolve(cfg.data.root, root) / "raw" / name
+    args, root, cfg, _ = parse_stage(__doc__, argv, DATASET, {
+        "out": (lambda layout, a: layout.raw(a.name), "the dataset's folder")})
+    name, out = args.name, args.out
     with tracked_run(cfg, stage="data", run_name=f"data/{name}", root=root) as run:
         card = build_dataset(cfg, name, out)
         run.log_dict(card, f"datasets/{name}/card.json")

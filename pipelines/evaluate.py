@@ -21,17 +21,15 @@ scores (``eval/...``) to the generator's training run.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 
 import numpy as np
 import torch
 
-from pipelines import evaluator_weights
+from pipelines import parse_stage
 from usam.artifacts.loaders import load_evaluator
 from usam.artifacts.sampling import classify_frames
-from usam.config import load_params
 from usam.data import VideoDataset
 from usam.errors import UsamError, main_guard
 from usam.eval.cost import flops_of, median_latency, training_record
@@ -42,7 +40,7 @@ from usam.files import atomic_dir
 from usam.media.panels import save_png, strip_grid
 from usam.media.perceptual import LpipsDistance, load_domain_distance
 from usam.media.video_metrics import flicker
-from usam.paths import find_project_root, resolve
+from usam.paths import resolve
 from usam.track import client_for
 from usam.train import with_dataset
 from usam.train.tasks import BASELINES
@@ -51,9 +49,9 @@ MODELS = ("usam", *BASELINES)
 TEMPORAL_VIDEOS = 48  # warping error runs optical flow per frame pair: a subset is enough for a stable mean
 
 
-def real_videos(cfg, root, name: str, split: str, limit: int | None = None) -> torch.Tensor:
-    """A prepared split as (N, 3, T, H, W) uint8."""
-    path = resolve(cfg.data.root, root) / "prepared" / name / split / "videos.npy"
+def real_videos(prepared, name: str, split: str, limit: int | None = None) -> torch.Tensor:
+    """A split of the ``prepared`` datasets as (N, 3, T, H, W) uint8."""
+    path = prepared / name / split / "videos.npy"
     if not path.is_file():
         raise UsamError(f"no prepared {split} split for {name!r}", where=str(path), fix=f"run `dvc repro preprocess@{name}`")
     videos = np.load(path, mmap_mode="r")
@@ -61,19 +59,13 @@ def real_videos(cfg, root, name: str, split: str, limit: int | None = None) -> t
     return torch.from_numpy(np.array(videos)).permute(0, 4, 1, 2, 3)
 
 
-def generator_weights(root, model: str, name: str):
-    """Where the `usam` or `baseline` stage keeps the weights, with the sha256 and run it recorded."""
-    if model == "usam":
-        report, weights = root / "metrics" / "usam" / f"{name}.json", root / "models" / "usam" / name / "usam.pt"
-        stage = f"usam@{name}"
-    else:
-        report = root / "metrics" / "baselines" / model / f"{name}.json"
-        weights = root / "models" / "baselines" / model / name / f"{model}.pt"
-        stage = f"baseline@{model}-{name}"
-    if not report.is_file() or not weights.is_file():
-        raise UsamError(f"{model} has not been trained on {name}", where=str(weights), fix=f"run `dvc repro {stage}`")
-    meta = json.loads(report.read_text())
-    return weights, meta["weights_sha256"], meta.get("mlflow_run_id")
+def generator_weights(layout, model: str, name: str, folder):
+    """The weights the `usam` or `baseline` stage wrote in ``folder``, with the sha256 and run it recorded."""
+    stage = f"usam@{name}" if model == "usam" else f"baseline@{model}-{name}"
+    weights, report = layout.generator_weights(model, name, folder), layout.generator_metrics(model, name)
+    if not report.is_file() or not weights.path.is_file():
+        raise UsamError(f"{model} has not been trained on {name}", where=str(weights.path), fix=f"run `dvc repro {stage}`")
+    return weights, json.loads(report.read_text()).get("mlflow_run_id")
 
 
 def diversity(videos: torch.Tensor, classes: torch.Tensor, distance, per_class: int = 6) -> float:
@@ -87,11 +79,11 @@ def diversity(videos: torch.Tensor, classes: torch.Tensor, distance, per_class: 
     return float(np.mean(values)) if values else float("nan")
 
 
-def perceptual(cfg, root, name: str, normalize: dict):
+def perceptual(cfg, root, frame, normalize: dict):
 
     if cfg.eval.lpips_weights:
         return LpipsDistance(resolve(cfg.eval.lpips_weights, root), cfg.eval.lpips_sha256)
-    return load_domain_distance(*evaluator_weights(root, name, "frame"), normalize)
+    return load_domain_distance(frame.path, frame.sha256, normalize)
 
 
 def temporal_scores(videos: torch.Tensor, frame_net, normalize: dict, prefix: str) -> dict[str, float]:
@@ -102,30 +94,33 @@ def temporal_scores(videos: torch.Tensor, frame_net, normalize: dict, prefix: st
 
 @main_guard
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help=f"one of {', '.join(MODELS)}")
-    parser.add_argument("name", help="dataset the model was trained on")
-    args = parser.parse_args(argv)
+    args, root, cfg, layout = parse_stage(__doc__, argv, {
+        "model": f"one of {', '.join(MODELS)}", "name": "dataset the model was trained on"}, {
+        "weights": (lambda layout, a: layout.generator_dir(a.model, a.name), "the trained model's folder"),
+        "prepared": (lambda layout, a: layout.prepared(), "the prepared datasets (its own and the transfer targets)"),
+        "evaluators": (lambda layout, a: layout.evaluators(), "the evaluators of every dataset"),
+        "out": (lambda layout, a: layout.eval(a.model, a.name), "the sample strip and training curve"),
+        "metrics": (lambda layout, a: layout.eval_metrics(a.model, a.name), "the scores JSON")})
     if args.model not in MODELS:
         raise UsamError(f"unknown model {args.model!r}", where="pipelines.evaluate MODEL", fix=f"use one of {', '.join(MODELS)}")
-    root = find_project_root()
-    cfg = with_dataset(load_params(root / "params.yaml"), args.name)
-    weights, sha, run_id = generator_weights(root, args.model, args.name)
-    gen = load_generator(args.model, cfg, root, weights, sha)
+    cfg = with_dataset(cfg, args.name)
+    weights, run_id = generator_weights(layout, args.model, args.name, args.weights)
+    sha = weights.sha256
+    gen = load_generator(args.model, cfg, layout, weights.path, sha)
     torch.set_num_threads(max(1, int(cfg.train.runtime.threads_per_worker)))
     normalize = gen.task.normalize
     n = cfg.eval.num_samples
     classes = torch.arange(n) % len(gen.class_names)
     print(f"evaluate {args.model}/{args.name}: sampling {n} videos")
     fake = gen.sample(classes, cfg.seed, batch_size=cfg.eval.batch_size)
-    test = real_videos(cfg, root, args.name, "test")
-    train = real_videos(cfg, root, args.name, "train", limit=len(test))
+    test = real_videos(args.prepared, args.name, "test")
+    train = real_videos(args.prepared, args.name, "train", limit=len(test))
     kid = min(50, n, len(test))
 
-    frame_w, frame_sha = evaluator_weights(root, args.name, "frame")
-    clip_w, clip_sha = evaluator_weights(root, args.name, "clip")
-    frame_ext = register_domain_extractor("frame", frame_w, frame_sha, normalize)
-    clip_ext = register_domain_extractor("clip", clip_w, clip_sha, normalize)
+    frame = layout.evaluator_weights(args.name, "frame", args.evaluators / args.name)
+    clip = layout.evaluator_weights(args.name, "clip", args.evaluators / args.name)
+    frame_ext = register_domain_extractor("frame", frame.path, frame.sha256, normalize)
+    clip_ext = register_domain_extractor("clip", clip.path, clip.sha256, normalize)
     scores = video_fidelity(test, fake, frame_ext, clip_ext, kid_subset=kid)
     floor = video_fidelity(test, train, frame_ext, clip_ext, kid_subset=kid)
     scores.update({f"floor/{k}": v for k, v in floor.items() if k.split("_")[0] in ("fid", "fvd", "kid", "is")})
@@ -134,12 +129,12 @@ def main(argv: list[str] | None = None) -> None:
         scores.update(inception_scores(frames_of(test), frames_of(fake), resolve(cfg.eval.inception_weights, root),
                                        cfg.eval.inception_sha256, kid_subset=kid))
 
-    predicted = classify_frames(fake, frame_w, frame_sha, normalize)
+    predicted = classify_frames(fake, frame.path, frame.sha256, normalize)
     scores["class_acc"] = float((predicted == classes).float().mean())
     scores["chance"] = 1.0 / len(gen.class_names)
-    distance = perceptual(cfg, root, args.name, normalize)
+    distance = perceptual(cfg, root, frame, normalize)
     scores[f"diversity_{distance.label}"] = diversity(fake, classes, distance)
-    frame_net, _ = load_evaluator("frame", frame_w, frame_sha)
+    frame_net, _ = load_evaluator("frame", frame.path, frame.sha256)
     scores.update(temporal_scores(fake, frame_net, normalize, ""))
     scores.update(temporal_scores(test, frame_net, normalize, "real/"))
 
@@ -153,22 +148,19 @@ def main(argv: list[str] | None = None) -> None:
     if run_id:
         scores.update(training_record(client, run_id))
     for other in cfg.data.build:
-        if other == args.name or not (root / "metrics" / "evaluators" / f"{other}.json").is_file():
+        if other == args.name or not layout.evaluator_metrics(other).is_file():
             continue
-        other_test = real_videos(cfg, root, other, "test")
+        other_test = real_videos(args.prepared, other, "test")
         if other_test.shape[1:] != fake.shape[1:]:
             continue
-        ow, osha = evaluator_weights(root, other, "frame")
-        cw, csha = evaluator_weights(root, other, "clip")
-        o_cfg = with_dataset(cfg, other)
-
-        o_norm = VideoDataset(resolve(o_cfg.data.root, root) / "prepared" / other / "val", o_cfg.preprocess,
-                              train=False, seed=cfg.seed).stats
-        transfer = video_fidelity(other_test, fake, register_domain_extractor("frame", ow, osha, o_norm),
-                                  register_domain_extractor("clip", cw, csha, o_norm), kid_subset=kid)
+        of = layout.evaluator_weights(other, "frame", args.evaluators / other)
+        oc = layout.evaluator_weights(other, "clip", args.evaluators / other)
+        o_norm = VideoDataset(args.prepared / other / "val", cfg.preprocess, train=False, seed=cfg.seed).stats
+        transfer = video_fidelity(other_test, fake, register_domain_extractor("frame", of.path, of.sha256, o_norm),
+                                  register_domain_extractor("clip", oc.path, oc.sha256, o_norm), kid_subset=kid)
         scores.update({f"transfer/{other}/{k}": v for k, v in transfer.items() if k in ("fid_domain", "fvd_domain")})
 
-    out = root / "eval" / args.model / args.name
+    out = args.out
     with atomic_dir(out) as tmp:
         per = 4
         rows = [v.transpose(0, 1).float() for v in fake[:per]]
@@ -181,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         client.log_artifact(run_id, str(out / "samples_vs_real.png"), "eval")
     report = {"model": args.model, "dataset": args.name, "seed": cfg.seed, "num_samples": n, "mlflow_run_id": run_id,
               "weights_sha256": sha, **{k: _round(v) for k, v in scores.items()}}
-    path = root / "metrics" / "eval" / args.model / f"{args.name}.json"
+    path = args.metrics
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     print(f"{args.model}/{args.name}: FID-domain {scores['fid_domain']:.2f} (floor {scores['floor/fid_domain']:.2f}), "

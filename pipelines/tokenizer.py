@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import shutil
 
-from pipelines import dataset_stage, record_weights
+from pipelines import DATASET, parse_stage, record_weights
 from usam.errors import main_guard
 from usam.eval.tokenizer import score_tokenizer
 from usam.files import atomic_dir
-from usam.paths import resolve
 from usam.track import client_for
 from usam.train import fit, with_dataset
 from usam.train.tasks import make_task
@@ -22,14 +21,18 @@ from usam.train.tasks import make_task
 
 @main_guard
 def main(argv: list[str] | None = None) -> None:
-    name, root, cfg = dataset_stage(__doc__, argv)
+    args, root, cfg, layout = parse_stage(__doc__, argv, DATASET, {
+        "evaluators": (lambda layout, a: layout.evaluators(a.name), "the evaluators (the perceptual loss's network)"),
+        "out": (lambda layout, a: layout.tokenizer_dir(a.name), "the tokenizer's folder"),
+        "metrics": (lambda layout, a: layout.tokenizer_metrics(a.name), "the metrics JSON")})
+    name, out = args.name, args.out
     cfg = with_dataset(cfg, name)
-    out = root / "models" / "tokenizer" / name
+    inputs = layout.inputs(cfg, evaluators=args.evaluators)
     with atomic_dir(out) as tmp:
-        result = fit(cfg, "tokenizer", root=root, out_dir=tmp / ".fit", run_name=f"tokenizer/{name}")
+        result = fit(cfg, "tokenizer", root=root, out_dir=tmp / ".fit", run_name=f"tokenizer/{name}", inputs=inputs)
         shutil.move(result.weights_path, tmp / "tokenizer.pt")
         shutil.rmtree(tmp / ".fit")
-        task = make_task("tokenizer", cfg, resolve(cfg.data.root, root), root)
+        task = make_task("tokenizer", cfg, layout, inputs)
         scores = score_tokenizer(task, tmp / "tokenizer.pt", "test", expected_sha256=result.weights_sha256,
                                  panels=tmp / "panels")
         run = client_for(cfg, root)
@@ -37,12 +40,12 @@ def main(argv: list[str] | None = None) -> None:
             run.log_metric(result.run_id, f"test/{key}", value)
         for panel in sorted((tmp / "panels").iterdir()):
             run.log_artifact(result.run_id, str(panel), "panels/test")
-    record_weights(run, result.run_id, out / "tokenizer.pt", root)
+    record_weights(run, result.run_id, out / "tokenizer.pt", layout)
     report = {
         "test": scores, "perceptual": task.perceptual_label, "weights_sha256": result.weights_sha256,
         "train_seconds": round(result.train_seconds, 1), "mlflow_run_id": result.run_id,
     }
-    metrics = root / "metrics" / "tokenizer" / f"{name}.json"
+    metrics = args.metrics
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     print(f"tokenizer/{name}: test PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}, "

@@ -143,6 +143,7 @@ def digits_and_tokenizer(root: Path, overrides: list[str]) -> str:
     untrained tokenizer (seed 0) saved the way its stage saves it; the tokenizer file's sha256."""
     import torch
 
+    from usam.artifacts.layout import Layout
     from usam.config import compose
     from usam.data import build_dataset, preprocess_dataset
     from usam.train.checkpoint import atomic_torch_save
@@ -152,7 +153,7 @@ def digits_and_tokenizer(root: Path, overrides: list[str]) -> str:
     cfg = compose(overrides)
     build_dataset(cfg, "moving_digits", root / "data" / "raw" / "moving_digits")
     preprocess_dataset(cfg, root / "data" / "raw" / "moving_digits", root / "data" / "prepared" / "moving_digits")
-    task = make_task("tokenizer", cfg, root / "data", root)
+    task = make_task("tokenizer", cfg, Layout(root, root / "data"))
     torch.manual_seed(0)
     model = task.build_model()
     path = root / "models" / "tokenizer" / "moving_digits" / "tokenizer.pt"

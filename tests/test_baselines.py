@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import digits_and_tokenizer
 
+from usam.artifacts.layout import Layout
 from usam.config import compose
 from usam.models.baselines import LatentDiffusion, MaskGIT, VideoGAN
 from usam.models.raster_ar import RasterAR
@@ -29,7 +30,7 @@ def project(tmp_path_factory) -> Path:
 
 
 def _task(root: Path, name: str, *overrides: str):
-    return make_task(name, compose([*TINY, *overrides]), root / "data", root)
+    return make_task(name, compose([*TINY, *overrides]), Layout(root, root / "data"))
 
 
 @pytest.mark.parametrize("name", BASELINES)

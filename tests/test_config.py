@@ -146,13 +146,14 @@ def test_cross_field_rules(override, expected):
 
 
 def test_the_paper_profile_composes_a_consistent_gpu_scale_config(tmp_path):
+    from usam.artifacts.layout import Layout
     from usam.errors import DataError
     from usam.train.tasks import make_task
 
     cfg = compose(["profile=paper"])
     assert cfg.train.runtime.use_gpu and cfg.train.runtime.workers == 8 and cfg.model.width == 1024
     assert cfg.data.frame_size == 64 and cfg.tokenizer.quantizer.scales[-1] == 64 // cfg.tokenizer.arch.spatial_down
-    task = make_task("tokenizer", cfg, tmp_path / "data", tmp_path)
+    task = make_task("tokenizer", cfg, Layout(tmp_path, tmp_path / "data"))
     with pytest.raises(DataError):  # the schedule tiles the frames: only the (absent) data is missing
         task.check_data()
     assert compose([]).model.width < cfg.model.width

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from usam.artifacts.layout import Layout
 from usam.config import compose
 from usam.data import build_dataset, preprocess_dataset
 from usam.errors import ConfigError, UsamError
@@ -262,7 +263,7 @@ def digits(tmp_path_factory) -> Path:
 
 def _task(root: Path, overrides: list[str]):
     cfg = compose(["data.num_videos.train=24", *TINY_TOKENIZER, *overrides])
-    return make_task("tokenizer", cfg, root / "data", root)
+    return make_task("tokenizer", cfg, Layout(root, root / "data"))
 
 
 def test_each_loss_term_is_reported_only_when_switched_on(digits: Path):
@@ -337,7 +338,7 @@ def test_a_tiny_run_learns_to_reconstruct_digits_not_just_the_background(digits:
     (["preprocess.resize=30", "preprocess.crop_size=30"], "not divisible by tokenizer.arch.spatial_down"),
 ])
 def test_a_schedule_that_cannot_tile_the_frames_fails_before_training(overrides, message, tmp_path):
-    task = make_task("tokenizer", compose(overrides), tmp_path / "data", tmp_path)
+    task = make_task("tokenizer", compose(overrides), Layout(tmp_path, tmp_path / "data"))
     with pytest.raises(ConfigError, match=message) as err:
         task.check_data()  # before looking for any data
     assert "tokenizer.arch" in str(err.value) and "fix:" in str(err.value)
@@ -356,10 +357,10 @@ def test_bad_tokenizer_config_is_one_clear_error(overrides, message):
 
 
 def test_missing_perceptual_weights_fail_before_training(digits: Path):
-    task = make_task("tokenizer", compose(["data.num_videos.train=24"]), digits / "data", digits)
+    task = make_task("tokenizer", compose(["data.num_videos.train=24"]), Layout(digits, digits / "data"))
     with pytest.raises(UsamError, match="frame evaluator") as err:
         task.check_data()
     assert "dvc repro evaluators@moving_digits" in err.value.fix
     cfg = compose(["eval.lpips_weights=weights/alexnet.pth", f"eval.lpips_sha256={'0' * 64}"])
     with pytest.raises(UsamError, match="LPIPS backbone weights not found"):
-        make_task("tokenizer", cfg, digits / "data", digits).check_data()
+        make_task("tokenizer", cfg, Layout(digits, digits / "data")).check_data()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from usam.artifacts.layout import Layout
 from usam.config import compose
 from usam.data import build_dataset, preprocess_dataset
 from usam.errors import DataError, UsamError
@@ -56,7 +57,7 @@ def test_ddp_ranks_agree_and_a_killed_worker_resumes_bit_exactly(project: Path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert plain.weights_sha256 != "" and ckpt.state_digest(a) == ckpt.state_digest(b)
     # and training did change the weights
-    task = make_task("evaluator_clip", chaos_cfg, project / "data")
+    task = make_task("evaluator_clip", chaos_cfg, Layout(project, project / "data"))
     torch.manual_seed(chaos_cfg.seed)
     init = task.build_model().state_dict()
     assert any(not torch.equal(init[k], a[k]) for k in a)
@@ -112,7 +113,7 @@ def test_the_clip_evaluator_learns_the_action_cue(tmp_path_factory, ray_instance
     result = fit(cfg, "evaluator_clip", root=root)
     from usam.eval.evaluators import accuracy
 
-    task = make_task("evaluator_clip", cfg, root / "data")
+    task = make_task("evaluator_clip", cfg, Layout(root, root / "data"))
     test = accuracy(task, result.weights_path, "test", expected_sha256=result.weights_sha256)
     assert test["chance"] == pytest.approx(1 / 8)
     assert test["acc"] >= 3 * test["chance"], test  # 8 action cues: a wide margin over chance
@@ -197,7 +198,7 @@ def test_the_tokenizer_trains_on_two_ddp_workers_with_every_loss_and_logs_panels
     model, meta = load_tokenizer(result.weights_path, result.weights_sha256)
     assert meta["model_kwargs"]["bits"] == 8 and meta["perceptual"] == DOMAIN_LABEL and meta["frames"] == 8
     assert not hasattr(model, "discriminator")  # the critic is a training aid, not part of the tokenizer
-    task = make_task("tokenizer", cfg, project / "data", project)
+    task = make_task("tokenizer", cfg, Layout(project, project / "data"))
     val = score_tokenizer(task, result.weights_path, "val", expected_sha256=result.weights_sha256)
     assert val["psnr"] == pytest.approx(result.metrics["val_psnr"], abs=1e-3)  # the export is what was validated
     bits, schedule = model.encode(torch.zeros(1, 3, 8, 32, 32))

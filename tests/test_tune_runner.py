@@ -1,7 +1,7 @@
 """Sweeps and ablation grids on the real Ray Tune, real training trials and a real MLflow store.
 
 A 2-trial Optuna sweep and a 2x2 ablation grid complete with correctly nested runs and a correct
-table; a failing trial is recorded as failed and does not sink the sweep; ASHA stops weak trials
+table; a variant that changes the tokenizer trains its own and its generator trains on it; a failing trial is recorded as failed and does not sink the sweep; ASHA stops weak trials
 and the next ones still get their CPUs; a sweep whose driver is killed resumes to completion with
 every trial once.
 """
@@ -21,14 +21,17 @@ import pytest
 import yaml
 from conftest import REPO, TINY, digits_and_tokenizer, venv_env
 
+from usam.artifacts.layout import Layout, Weights
 from usam.config import compose
 from usam.errors import ConfigError, UsamError
 from usam.files import sha256_file
 from usam.models.evaluators import FrameClassifier
+from usam.track import tracked_run
 from usam.train.checkpoint import atomic_torch_save
+from usam.train.tasks import make_task
 from usam.tune import stats
 from usam.tune.results import ablation_summary
-from usam.tune.runner import ablate, sweep
+from usam.tune.runner import Study, _trial_inputs, ablate, sweep, trial_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -185,6 +188,31 @@ def test_a_two_by_two_ablation_grid_has_its_statistics_and_sample_panels(project
     assert parent.data.tags["usam.ablation.verdict.no_self_correction"] == stats.verdict({"moving_digits": c})
     html = (project / "outputs" / "studies" / name / "report.html").read_text()
     assert "samples_reference_moving_digits.png" in html and "samples_no_self_correction_moving_digits.png" in html
+
+
+def test_a_tokenizer_variant_trains_its_own_tokenizer_and_hands_it_to_the_generator(project: Path):
+    shared = [o for o in TINY if not o.startswith("evaluator.")]
+    cell = {"variant": "no_perceptual", "overrides": ["tokenizer.loss.perceptual.weight=0"], "dataset": "moving_digits",
+            "seed": 0}
+    cfg = compose([*shared, *trial_overrides("ablation", 0, cell)])
+    folder = project / "outputs" / "own-tokenizer-trial"
+    with tracked_run(cfg, stage="ablation/own-tokenizer", run_name="own-tokenizer", root=project) as parent:
+        s = Study("ablation", "own-tokenizer", "ablations/own.yaml", "usam", str(project), parent.run_id, shared,
+                  "val_loss", "min")
+        reference = {**cell, "variant": "reference", "overrides": []}
+        assert _trial_inputs(s, compose([*shared, *trial_overrides("ablation", 0, reference)]), reference, folder,
+                             project) is None  # the project's tokenizer
+        inputs = _trial_inputs(s, cfg, cell, folder, project)
+        weights = folder / "tokenizer.pt"
+        assert inputs.tokenizer == Weights(weights, sha256_file(weights), "outputs/own-tokenizer-trial/tokenizer.pt")
+        assert inputs.tokenizer.sha256 != json.loads((project / "metrics" / "tokenizer" / "moving_digits.json")
+                                                     .read_text())["weights_sha256"]
+        assert inputs.frame_evaluator.path == project / "models" / "evaluators" / "moving_digits" / "frame.pt"
+        trained = weights.stat().st_mtime_ns
+        assert _trial_inputs(s, cfg, cell, folder, project) == inputs and weights.stat().st_mtime_ns == trained
+    task = make_task("usam", cfg, Layout.of(cfg, project), inputs)
+    task.check_data()
+    assert task.export_meta()["tokenizer"] == {"path": inputs.tokenizer.ref, "sha256": inputs.tokenizer.sha256}
 
 
 def test_the_ablation_statistics_are_right_on_hand_made_numbers():

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from usam.artifacts.layout import Layout
 from usam.artifacts.sampling import Sampler, classify_frames
 from usam.config import compose
 from usam.data import build_dataset, preprocess_dataset
@@ -61,20 +62,20 @@ def test_class_conditional_samples_are_recognised_far_above_chance(tmp_path: Pat
     preprocess_dataset(cfg, root / "data" / "raw" / "moving_digits", root / "data" / "prepared" / "moving_digits")
     data = root / "data"
 
-    judge_task = make_task("evaluator_frame", cfg, data, root)
+    judge_task = make_task("evaluator_frame", cfg, Layout(root, data))
     torch.manual_seed(0)
     judge = judge_task.build_model()
     _train(judge_task, judge, steps=120, batch=32, lr=2e-3)
     judge_path = _save(judge_task, judge, root / "models" / "evaluators" / "moving_digits" / "frame.pt")
 
-    tok_task = make_task("tokenizer", cfg, data, root)
+    tok_task = make_task("tokenizer", cfg, Layout(root, data))
     tok_task.check_data()
     torch.manual_seed(0)
     tokenizer = tok_task.build_model()
     _train(tok_task, tokenizer, steps=300, batch=16, lr=1e-3)
     _save(tok_task, tokenizer, root / "models" / "tokenizer" / "moving_digits" / "tokenizer.pt")
 
-    task = make_task("usam", cfg, data, root)
+    task = make_task("usam", cfg, Layout(root, data))
     task.check_data()
     torch.manual_seed(0)
     model = task.build_model()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from usam.artifacts.layout import Layout
 from usam.artifacts.sampling import Sampler
 from usam.config import compose
 from usam.data import build_dataset, preprocess_dataset
@@ -22,7 +23,7 @@ TINY = [*DATA, "tokenizer.arch.base_channels=8", "tokenizer.quantizer.bits=8", "
 
 def _export_tokenizer(root: Path, cfg) -> Path:
     """An (untrained) tokenizer saved exactly the way the tokenizer stage saves one."""
-    task = make_task("tokenizer", cfg, root / "data", root)
+    task = make_task("tokenizer", cfg, Layout(root, root / "data"))
     torch.manual_seed(0)
     model = task.build_model()
     path = root / "models" / "tokenizer" / cfg.data.name / "tokenizer.pt"
@@ -44,7 +45,7 @@ def project(tmp_path_factory) -> Path:
 
 
 def _task(root: Path, *overrides: str):
-    return make_task("usam", compose([*TINY, *overrides]), root / "data", root)
+    return make_task("usam", compose([*TINY, *overrides]), Layout(root, root / "data"))
 
 
 def test_usam_needs_its_tokenizer_and_supported_conditions_before_training(project: Path):

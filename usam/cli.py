@@ -110,31 +110,32 @@ def cmd_env_lock(args) -> int:
 
 
 def cmd_data_build(args) -> int:
+    from usam.artifacts.layout import Layout
     from usam.data import build_dataset, preprocess_dataset
-    from usam.paths import find_project_root, resolve
+    from usam.paths import find_project_root
 
     cfg = _config(args)
-    root = find_project_root()
+    layout = Layout.of(cfg, find_project_root())
     for name in args.names or cfg.data.build:
-        raw = resolve(cfg.data.root, root) / "raw" / name
+        raw = layout.raw(name)
         card = build_dataset(cfg, name, raw)
         print(f"{name}: " + ", ".join(f"{s} {v['count']}" for s, v in card["splits"].items()) + f" -> {raw}")
         if not args.raw_only:
-            prepared = resolve(cfg.data.root, root) / "prepared" / name
+            prepared = layout.prepared(name)
             preprocess_dataset(cfg, raw, prepared)
             print(f"{name}: preprocessed -> {prepared}")
     return 0
 
 
 def cmd_data_verify(args) -> int:
+    from usam.artifacts.layout import Layout
     from usam.data import verify_dataset
-    from usam.paths import find_project_root, resolve
+    from usam.paths import find_project_root
 
     cfg = _config(args)
-    root = find_project_root()
+    layout = Layout.of(cfg, find_project_root())
     for name in args.names or cfg.data.build:
-        for stage in ("raw", "prepared"):
-            folder = resolve(cfg.data.root, root) / stage / name
+        for folder in (layout.raw(name), layout.prepared(name)):
             verify_dataset(folder)
             print(f"ok  {folder}")
     return 0
@@ -240,13 +241,13 @@ def _find_run(client, cfg, ref: str, task: str):
 
 def _context_video(cfg, root: Path, ref: str):
     """``SPLIT:INDEX`` of the configured dataset -> one normalized video (3, T, H, W)."""
+    from usam.artifacts.layout import Layout
     from usam.data import VideoDataset
-    from usam.paths import resolve
 
     split, _, index = ref.partition(":")
     if split not in ("train", "val", "test") or not index.isdigit():
         raise UsamError(f"--context {ref!r} is not SPLIT:INDEX", where="--context", fix="e.g. --context test:0")
-    data = VideoDataset(resolve(cfg.data.root, root) / "prepared" / cfg.data.name / split, cfg.preprocess,
+    data = VideoDataset(Layout.of(cfg, root).prepared(cfg.data.name) / split, cfg.preprocess,
                         train=False, seed=cfg.seed)
     if int(index) >= len(data):
         raise UsamError(f"{split} has {len(data)} videos, no index {index}", where="--context", fix="pick a smaller index")

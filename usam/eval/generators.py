@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
+from usam.artifacts.layout import Inputs, Layout
 from usam.artifacts.weights import load_weights
 from usam.config import Config
 from usam.errors import UsamError
 from usam.models import parameter_count
-from usam.paths import resolve
 from usam.track.provenance import sha256_file
 from usam.train.tasks import make_task
 
@@ -56,14 +56,16 @@ class TrainedGenerator:
         return {"class": classes}
 
 
-def load_generator(name: str, cfg: Config, root: Path, weights: Path, sha256: str | None) -> TrainedGenerator:
-    """The generator ``name`` trained on ``cfg.data.name``, from its exported weights."""
+def load_generator(name: str, cfg: Config, layout: Layout, weights: Path, sha256: str | None,
+                   inputs: Inputs | None = None) -> TrainedGenerator:
+    """The generator ``name`` trained on ``cfg.data.name``, from its exported weights; ``inputs``: the artifacts
+    it was trained on, when not the ones ``layout`` keeps."""
 
     state = load_weights(weights, sha256)
     if state.get("task") != name:
         raise UsamError(f"{Path(weights).name} holds a {state.get('task')!r} model, not {name!r}", where=str(weights),
                         fix=f"pass the weights the `{'usam' if name == 'usam' else 'baseline'}` stage wrote for {name}")
-    task = make_task(name, cfg, resolve(cfg.data.root, root), root)
+    task = make_task(name, cfg, layout, inputs)
     model = task.build_model()
     model.load_state_dict(state["model"])
 

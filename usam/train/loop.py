@@ -159,7 +159,7 @@ def train_worker(payload: dict, session: RayTrainSession | LocalSession | None =
     """Ray Train entry point (or, with a ``LocalSession``, the one worker in this process). ``payload``:
     config dict, task name, paths and the MLflow run to log to (none: nothing is logged)."""
     cfg: Config = build(Config, payload["config"], source="training payload")
-    task = make_task(payload["task"], cfg, Path(payload["data_root"]), Path(payload["root"]))
+    task = make_task(payload["task"], cfg, payload["layout"], payload["inputs"])
     tcfg = task.train_cfg
     session = session or RayTrainSession()
     rank, world, device = session.rank, session.world, session.device

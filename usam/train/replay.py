@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from usam.artifacts.layout import Layout
 from usam.artifacts.weights import load_weights
 from usam.config import Config, to_dict, train_section
-from usam.paths import resolve
 from usam.train import checkpoint as ckpt
 from usam.train.loop import LocalSession, _datasets, _validate, train_worker
 from usam.train.tasks import make_task
@@ -29,7 +29,7 @@ def evaluate_weights(cfg: Config, task_name: str, *, root: Path, weights: Path,
                      sha256: str | None = None) -> dict[str, float]:
     """The ``val_*`` metrics of the weights in ``weights`` (sha256-checked first when given), on one CPU worker."""
 
-    task = make_task(task_name, cfg, resolve(cfg.data.root, root), root)
+    task = make_task(task_name, cfg, Layout.of(cfg, root))
     task.check_data()
     torch.set_num_threads(task.train_cfg.runtime.threads_per_worker)
     model = task.build_model()
@@ -52,8 +52,8 @@ def short_run(cfg: Config, task_name: str, *, root: Path, steps: int) -> dict[st
     recipe["runtime"].update(checkpoint_every=10**9, workers=1, use_gpu=False, visuals_every=10**6)
     data["debug"]["fault_injection_step"] = None
     with tempfile.TemporaryDirectory(prefix="usam-rerun-") as tmp:
-        payload = {"config": data, "task": task_name, "data_root": str(resolve(cfg.data.root, root)),
-                   "root": str(root), "log_every": 10**9, "fault_marker": str(Path(tmp) / "fault"),
+        payload = {"config": data, "task": task_name, "layout": Layout.of(cfg, root), "inputs": None,
+                   "log_every": 10**9, "fault_marker": str(Path(tmp) / "fault"),
                    "nonfinite_marker": str(Path(tmp) / "nonfinite.json")}
         session = LocalSession(CPU, Path(tmp) / "checkpoints")
         train_worker(payload, session)

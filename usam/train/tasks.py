@@ -12,10 +12,8 @@ latents) and ``export_meta() -> dict`` (stored with the exported weights).
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from usam.artifacts.layout import Inputs, Layout
 from usam.config.schema import Config
-from usam.paths import find_project_root
 from usam.train.baseline_tasks import BASELINE_TASKS
 from usam.train.evaluator_task import EvaluatorTask
 from usam.train.tokenizer_task import TokenizerTask
@@ -25,16 +23,17 @@ BASELINES = tuple(BASELINE_TASKS)
 TASKS = ("evaluator_frame", "evaluator_clip", "tokenizer", "usam", *BASELINES)
 
 
-def make_task(name: str, cfg: Config, data_root: Path, root: Path | None = None):
-    """The task ``name`` on ``cfg.data.name``; ``data_root`` is the absolute ``data.root``, ``root`` the project."""
-    data_dir = Path(data_root) / "prepared" / cfg.data.name
-    root = Path(root) if root else find_project_root()
+def make_task(name: str, cfg: Config, layout: Layout, inputs: Inputs | None = None):
+    """The task ``name`` on ``cfg.data.name``, on the prepared data of ``layout`` and the artifacts in ``inputs``
+    (default: where ``layout`` keeps them; a Tune trial that trains its own tokenizer passes that one)."""
+    data_dir = layout.prepared(cfg.data.name)
+    inputs = inputs or layout.inputs(cfg)
     if name in ("evaluator_frame", "evaluator_clip"):
         return EvaluatorTask(cfg, data_dir, name.split("_", 1)[1])
     if name == "tokenizer":
-        return TokenizerTask(cfg, data_dir, root)
+        return TokenizerTask(cfg, data_dir, inputs.frame_evaluator, inputs.lpips)
     if name == "usam":
-        return USAMTask(cfg, data_dir, root)
+        return USAMTask(cfg, data_dir, inputs.tokenizer)
     if name in BASELINE_TASKS:
-        return BASELINE_TASKS[name](cfg, data_dir, root)
+        return BASELINE_TASKS[name](cfg, data_dir, inputs.tokenizer)
     raise KeyError(name)

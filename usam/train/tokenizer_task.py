@@ -10,7 +10,6 @@ BSQ commitment and entropy.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from usam.artifacts.layout import Weights
 from usam.config.schema import Config, TokenizerConfig, TrainConfig
 from usam.data import VideoDataset
 from usam.errors import ConfigError, UsamError
@@ -27,7 +27,6 @@ from usam.media.panels import save_gif, save_png, side_by_side_frames, strip_gri
 from usam.media.perceptual import DOMAIN_LABEL, LPIPS_LABEL, LpipsDistance, load_domain_distance
 from usam.models.bsq import check_schedule
 from usam.models.tokenizer import PatchGAN3d, SpacetimeTokenizer, latent_frames
-from usam.paths import resolve
 from usam.train.task import require_splits
 
 ROLE_RECON, ROLE_DENOISE, ROLE_SR = 0, 1, 2
@@ -53,7 +52,8 @@ def stage_names(schedule) -> list[str]:
 class TokenizerTask:
     cfg: Config
     data_dir: Path  # <data.root>/prepared/<dataset>
-    root: Path  # the project root (evaluator weights live under it)
+    frame_evaluator: Weights  # the domain perceptual loss's network: the `evaluators` stage's, or the configured one
+    lpips: Path | None  # eval.lpips_weights, resolved
     name: str = "tokenizer"
     _perceptual: nn.Module | None = field(default=None, repr=False)
     _stats: dict | None = field(default=None, repr=False)
@@ -78,13 +78,12 @@ class TokenizerTask:
                               fix="change the scales or clip_frames as suggested, or the frame count / crop size")
         require_splits(self.data_dir, self.cfg.data.name)
         backend = self.perceptual_backend
-        if backend == "lpips" and not resolve(self.cfg.eval.lpips_weights, self.root).is_file():
+        if backend == "lpips" and not self.lpips.is_file():
             raise UsamError("LPIPS backbone weights not found", where=f"eval.lpips_weights = {self.cfg.eval.lpips_weights}",
                             fix="copy torchvision's AlexNet state dict there, or set tokenizer.loss.perceptual.backend=domain")
-        if backend == "domain" and not self._domain_weights()[0].is_file():
-            path = self._domain_weights()[0]
+        if backend == "domain" and not self.frame_evaluator.path.is_file():
             raise UsamError("the domain perceptual loss needs the frame evaluator, which is not trained yet",
-                            where=str(path),
+                            where=str(self.frame_evaluator.path),
                             fix=f"run `dvc repro evaluators@{self.cfg.data.name}`, point "
                                 "tokenizer.loss.perceptual.domain_weights at a frame evaluator, or set "
                                 "tokenizer.loss.perceptual.weight=0")
@@ -128,26 +127,12 @@ class TokenizerTask:
     def perceptual_label(self) -> str | None:
         return {"lpips": LPIPS_LABEL, "domain": DOMAIN_LABEL, None: None}[self.perceptual_backend]
 
-    def _domain_weights(self) -> tuple[Path, str | None]:
-        """The frame evaluator's weights and, for the pipeline's own file, its sha256 from the evaluators' metrics."""
-        configured = self.tcfg.loss.perceptual.domain_weights
-        if configured:
-            return resolve(configured, self.root), None
-        name = self.cfg.data.name
-        path = self.root / "models" / "evaluators" / name / "frame.pt"
-        report = self.root / "metrics" / "evaluators" / f"{name}.json"
-        try:
-            sha = json.loads(report.read_text())["frame"]["weights_sha256"]
-        except (OSError, ValueError, KeyError):
-            sha = None
-        return path, sha
-
     def perceptual(self, device: torch.device) -> nn.Module | None:
         if self._perceptual is None and self.perceptual_backend is not None:
             if self.perceptual_backend == "lpips":
-                net = LpipsDistance(resolve(self.cfg.eval.lpips_weights, self.root), self.cfg.eval.lpips_sha256)
+                net = LpipsDistance(self.lpips, self.cfg.eval.lpips_sha256)
             else:
-                net = load_domain_distance(*self._domain_weights(), self.stats)
+                net = load_domain_distance(self.frame_evaluator.path, self.frame_evaluator.sha256, self.stats)
             self._perceptual = net.to(device)
         return self._perceptual
 

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from usam.artifacts.layout import Inputs, Layout
 from usam.config import Config, to_dict
 from usam.errors import Interrupted, UsamError
 from usam.models import parameter_count
@@ -100,6 +101,7 @@ def fit(
     tags: dict | None = None,
     callbacks: list | None = None,
     in_trial: str | None = None,
+    inputs: Inputs | None = None,
 ) -> FitResult:
     """Train ``task_name`` on ``cfg``; returns where the final weights are and what was measured.
 
@@ -108,14 +110,15 @@ def fit(
     the trial and a resumed study restores it) and ``in_trial="silent"`` keeps them from Tune (a
     prerequisite trained by the trial). A one-worker recipe then trains in the trial's own process,
     on the resources Tune gave the trial: no worker group to start. A larger one runs on Ray Train
-    as usual, reporting through ``TuneReportCallback``."""
+    as usual, reporting through ``TuneReportCallback``. ``inputs``: the artifacts the task trains on, when not
+    the ones the project's layout keeps (a trial's own tokenizer)."""
     import ray
 
     if task_name not in TASKS:
         raise UsamError(f"unknown task {task_name!r}", where="usam train TASK", fix=f"use one of {', '.join(TASKS)}")
     root = (root or find_project_root()).resolve()
-    data_root = resolve(cfg.data.root, root)
-    task = make_task(task_name, cfg, data_root, root)
+    layout = Layout.of(cfg, root)
+    task = make_task(task_name, cfg, layout, inputs)
     tcfg = task.train_cfg
     task.check_data()
     videos = len(task.dataset("train", train=False))
@@ -147,7 +150,7 @@ def fit(
         print(f"MLflow run {run.run_id} (Ray run {ray_name}); if interrupted, continue with "
               f"`usam train {task_name} <same overrides> --resume {run.run_id}`", flush=True)
         payload = {
-            "config": to_dict(cfg), "task": task_name, "data_root": str(data_root), "root": str(root),
+            "config": to_dict(cfg), "task": task_name, "layout": layout, "inputs": inputs,
             "tracking_uri": tracking_uri(cfg, root), "run_id": run.run_id, "log_every": tcfg.runtime.log_every,
             "fault_marker": str(Path(storage) / ray_name / ".fault-injected"),
             "nonfinite_marker": str(Path(storage) / ray_name / "nonfinite.json"),

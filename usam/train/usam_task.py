@@ -12,7 +12,6 @@ the frozen tokenizer, the conditioned datasets, sample grids and the exported me
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from usam.artifacts.layout import Weights
 from usam.artifacts.loaders import load_tokenizer
 from usam.artifacts.sampling import generate_videos
 from usam.config.schema import Conditioning, Config, ModelConfig, TrainConfig
@@ -91,7 +91,7 @@ class StreamTask:
 
     cfg: Config
     data_dir: Path
-    root: Path
+    tokenizer_weights: Weights  # the `tokenizer` stage's (or a Tune trial's own) weights of this dataset
     name: str = "stream"
     _tokenizer: nn.Module | None = field(default=None, repr=False)
     _tokenizer_meta: dict | None = field(default=None, repr=False)
@@ -112,18 +112,9 @@ class StreamTask:
 
     # ---- the tokenizer ---------------------------------------------------------------------------------------
 
-    def tokenizer_path(self) -> tuple[Path, str | None]:
-        name = self.cfg.data.name
-        report = self.root / "metrics" / "tokenizer" / f"{name}.json"
-        try:
-            sha = json.loads(report.read_text())["weights_sha256"]
-        except (OSError, ValueError, KeyError):
-            sha = None
-        return self.root / "models" / "tokenizer" / name / "tokenizer.pt", sha
-
     def tokenizer(self, device: torch.device | None = None) -> nn.Module:
         if self._tokenizer is None:
-            model, meta = load_tokenizer(*self.tokenizer_path())
+            model, meta = load_tokenizer(self.tokenizer_weights.path, self.tokenizer_weights.sha256)
             self._tokenizer, self._tokenizer_meta = model.requires_grad_(False).eval(), meta
         if device is not None:
             self._tokenizer.to(device)
@@ -140,7 +131,7 @@ class StreamTask:
         """Everything a run needs, checked before Ray starts: data, the trained tokenizer, supported conditions."""
         name = self.cfg.data.name
         require_splits(self.data_dir, name)
-        path, _ = self.tokenizer_path()
+        path = self.tokenizer_weights.path
         if not path.is_file():
             raise UsamError(f"{self.name} needs the trained tokenizer of its dataset", where=str(path),
                             fix=f"run `dvc repro tokenizer@{name}` (or `usam train tokenizer data.name={name}`)")
@@ -220,10 +211,9 @@ class StreamTask:
 
     def export_meta(self) -> dict:
         """Stored with the weights: how to rebuild the model and what its conditions mean."""
-        path, sha = self.tokenizer_path()
         cond = self.conditioning
         return {"model_kwargs": self.model_kwargs(),
-                "tokenizer": {"path": str(path.relative_to(self.root)), "sha256": sha},
+                "tokenizer": {"path": self.tokenizer_weights.ref, "sha256": self.tokenizer_weights.sha256},
                 "class_names": self.class_names() if cond.class_label else None,
                 "action_names": self.action_names() if cond.action else None,
                 "vocabulary": self.vocabulary() if cond.text else None,

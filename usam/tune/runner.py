@@ -22,10 +22,11 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from usam.artifacts.layout import Inputs, Layout
 from usam.artifacts.sampling import classify_frames
 from usam.config import TRAIN_SECTIONS, Config, compose, train_section
 from usam.errors import UsamError
@@ -218,7 +219,7 @@ def _check_prerequisites(kind: str, spec, base: Config, root: Path) -> None:
 
     for name in spec.datasets if kind == "ablation" else [base.data.name]:
         cfg = compose([*spec_overrides(spec), f"data.name={name}"])
-        make_task(spec.task, cfg, resolve(cfg.data.root, root), root).check_data()
+        make_task(spec.task, cfg, Layout.of(cfg, root)).check_data()
 
 
 def _repeatable(kind: str, spec) -> tuple[bool, str]:
@@ -352,16 +353,16 @@ def run_trial(config: dict, study: dict) -> None:
         return
     resume = previous[0].info.run_id if previous else None
     tags = {STUDY_TAG: s.name, TRIAL_TAG: trial_id, "usam.study.kind": s.kind}
-    work, generator = root, s.task not in (*TRAIN_SECTIONS, "tokenizer")
+    generator, inputs = s.task not in (*TRAIN_SECTIONS, "tokenizer"), None
     if cell is not None:
         tags.update({"usam.ablation.variant": cell["variant"], "usam.ablation.dataset": cell["dataset"]})
         if generator:
-            work = _ablation_workspace(s, cfg, cell, root / "outputs" / "studies" / s.name / trial_id, root)
-    result = fit(cfg, s.task, root=work, run_name=run_name, parent_run_id=s.parent_run_id, resume_run_id=resume,
-                 tags=tags, in_trial="report")
+            inputs = _trial_inputs(s, cfg, cell, root / "outputs" / "studies" / s.name / trial_id, root)
+    result = fit(cfg, s.task, root=root, run_name=run_name, parent_run_id=s.parent_run_id, resume_run_id=resume,
+                 tags=tags, in_trial="report", inputs=inputs)
     final = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     if cell is not None and generator:
-        final.update(_sample_scores(s, cfg, result, work, client))
+        final.update(_sample_scores(s, cfg, result, Layout.of(cfg, root), inputs, client))
     tune.report({**final, "train_seconds": result.train_seconds, "mlflow_run_id": result.run_id})
 
 
@@ -375,40 +376,26 @@ def trial_index(trial_id: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def _ablation_workspace(s: Study, cfg: Config, cell: dict, work: Path, root: Path) -> Path:
-    """A trial folder whose evaluators are the project's and whose tokenizer is the project's, unless the
-    variant changes the tokenizer: then the trial trains its own first (same seed, nested in the study)."""
-
-    name = cell["dataset"]
-    for part in ("models/evaluators", "metrics/evaluators"):
-        _link(root / part, work / part)
-    reference = compose([*s.shared, f"data.name={name}", f"seed={cell['seed']}"])
-    tok_metrics = work / "metrics" / "tokenizer" / f"{name}.json"
-    tok_weights = work / "models" / "tokenizer" / name / "tokenizer.pt"
+def _trial_inputs(s: Study, cfg: Config, cell: dict, folder: Path, root: Path) -> Inputs | None:
+    """None when the variant keeps the reference tokenizer (the trial trains on the project's); else the
+    project's evaluators with the trial's own tokenizer, trained first in ``folder`` (same seed, nested in
+    the study) or found there when the trial resumes."""
+    reference = compose([*s.shared, f"data.name={cell['dataset']}", f"seed={cell['seed']}"])
     if cfg.tokenizer == reference.tokenizer:
-        _link(root / "models" / "tokenizer" / name, tok_weights.parent)
-        _link(root / "metrics" / "tokenizer" / f"{name}.json", tok_metrics)
-        return work
-    if tok_weights.is_file() and tok_metrics.is_file():
-        return work
-    result = fit(cfg, "tokenizer", root=work, out_dir=work / ".tokenizer", parent_run_id=s.parent_run_id,
-                 in_trial="silent", run_name=f"{s.name}/{cell['variant']}/{name}/seed{cell['seed']}/tokenizer",
-                 tags={STUDY_TAG: s.name, "usam.study.kind": s.kind, "usam.ablation.variant": cell["variant"]})
-    tok_weights.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(result.weights_path, tok_weights)
-    tok_metrics.parent.mkdir(parents=True, exist_ok=True)
-    tok_metrics.write_text(json.dumps({"weights_sha256": result.weights_sha256, "mlflow_run_id": result.run_id}))
-    return work
+        return None
+    layout = Layout.of(cfg, root)
+    weights, record = folder / "tokenizer.pt", folder / "tokenizer.json"
+    if not (weights.is_file() and record.is_file()):
+        result = fit(cfg, "tokenizer", root=root, out_dir=folder / ".tokenizer", parent_run_id=s.parent_run_id,
+                     in_trial="silent",
+                     run_name=f"{s.name}/{cell['variant']}/{cell['dataset']}/seed{cell['seed']}/tokenizer",
+                     tags={STUDY_TAG: s.name, "usam.study.kind": s.kind, "usam.ablation.variant": cell["variant"]})
+        shutil.move(result.weights_path, weights)
+        record.write_text(json.dumps({"weights_sha256": result.weights_sha256, "mlflow_run_id": result.run_id}))
+    return replace(layout.inputs(cfg), tokenizer=layout.weights(weights, record))
 
 
-def _link(target: Path, link: Path) -> None:
-    if link.exists() or link.is_symlink():
-        return
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(target.resolve(), target_is_directory=target.is_dir())
-
-
-def _sample_scores(s: Study, cfg: Config, result, work: Path, client) -> dict[str, float]:
+def _sample_scores(s: Study, cfg: Config, result, layout: Layout, inputs: Inputs | None, client) -> dict[str, float]:
     """The trial's sample grid (logged to its run) and, for a class-conditional model, the share of samples
     the dataset's frame evaluator assigns to the class they were generated for."""
     import tempfile
@@ -417,7 +404,7 @@ def _sample_scores(s: Study, cfg: Config, result, work: Path, client) -> dict[st
 
 
     name = cfg.data.name
-    generator = load_generator(s.task, cfg, work, result.weights_path, result.weights_sha256)
+    generator = load_generator(s.task, cfg, layout, result.weights_path, result.weights_sha256, inputs)
     per = cfg.model.sampling.per_class
     cond, names = generator.task.grid_conditions(per, torch.device("cpu"))
     classes = cond.get("class", torch.zeros(len(names) * per, dtype=torch.long))
@@ -427,9 +414,8 @@ def _sample_scores(s: Study, cfg: Config, result, work: Path, client) -> dict[st
             client.log_artifact(result.run_id, str(path), "samples")
     if "class" not in cond:
         return {}
-    report = json.loads((work / "metrics" / "evaluators" / f"{name}.json").read_text())
-    predicted = classify_frames(videos, work / "models" / "evaluators" / name / "frame.pt",
-                                report["frame"]["weights_sha256"], generator.task.normalize)
+    frame = layout.evaluator_weights(name, "frame")
+    predicted = classify_frames(videos, frame.path, frame.sha256, generator.task.normalize)
     accuracy = float((predicted == classes).float().mean())
     client.log_metric(result.run_id, "samples/class_acc", accuracy)
     return {"sample_class_acc": accuracy}
