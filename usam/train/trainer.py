@@ -42,9 +42,10 @@ class FitResult:
     checkpoint_path: str  # the last checkpoint kept (every rank's part, with checksums)
 
 
-def ensure_ray(cfg: Config) -> None:
+def ensure_ray(cfg: Config, *, dashboard: bool = False) -> None:
     """Join ``ray.address`` (or ``RAY_ADDRESS``, which `ray job submit` sets), or start a local instance sized
-    by ``ray.num_cpus``, once per process; never join a cluster that `ray start` merely left on this machine."""
+    by ``ray.num_cpus``, once per process; never join a cluster that `ray start` merely left on this machine.
+    ``dashboard``: the local instance runs the dashboard, whose state API a sweep needs (see ``usam.tune``)."""
     import ray
 
     if ray.is_initialized():
@@ -60,7 +61,8 @@ def ensure_ray(cfg: Config) -> None:
                 fix="start the cluster (`ray start --head`) or set ray.address=null (and unset RAY_ADDRESS) for a local one",
             ) from None
     else:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=dashboard,
+                 **({"dashboard_host": "127.0.0.1"} if dashboard else {}),
                  object_store_memory=cfg.ray.object_store_mb * 2**20, log_to_driver=True)
 
 
