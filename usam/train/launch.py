@@ -4,12 +4,22 @@ Train worker group. Both take the same ``WorkerSpec`` and return the last report
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from usam.config.schema import TrainConfig
 from usam.train.loop import WorkerSpec, train_worker
 from usam.train.session import LocalSession
+
+
+class Launcher(Protocol):
+    in_process: bool  # the workers run in this process (no worker log; a Tune stop must pass through)
+    restarts: int  # how often a failed run was restarted before it gave up
+    where: str  # the run's ``usam.train.where`` tag
+
+    def run(self, spec: WorkerSpec, ray_name: str, storage: str) -> tuple[dict, object]:
+        """Train; (the last report's metrics, its checkpoint: a folder or a Ray ``Checkpoint``; None: none)."""
 
 
 class InProcess:

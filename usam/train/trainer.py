@@ -25,7 +25,7 @@ from usam.models import parameter_count
 from usam.paths import find_project_root, resolve
 from usam.track import client_for, tracked_run, tracking_uri
 from usam.train import checkpoint as ckpt
-from usam.train.launch import InProcess, RayTrainGroup
+from usam.train.launch import InProcess, Launcher, RayTrainGroup
 from usam.train.loop import WorkerSpec
 from usam.train.task import Task
 from usam.train.tasks import TASKS, make_task
@@ -124,6 +124,7 @@ def fit(
     task = make_task(task_name, cfg, data_root, root)
     tcfg = task.train_cfg
     _check_inputs(task, cfg)
+    launcher: Launcher
     if in_trial is not None and tcfg.workers == 1:
         launcher = InProcess(tcfg, report=in_trial == "report")
     else:
