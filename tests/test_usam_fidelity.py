@@ -47,8 +47,7 @@ def _train(task, model, steps: int, batch: int, lr: float) -> float:
 
 def _save(task, model, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = task.export_meta() if hasattr(task, "export_meta") else {}
-    atomic_torch_save({"model": model.state_dict(), "progress": {}, "task": task.name, **meta}, path)
+    atomic_torch_save({"model": model.state_dict(), "progress": {}, "task": task.name, **task.export_meta()}, path)
     return path
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from usam.config.schema import Config
 from usam.paths import resolve
 
+
 @dataclass(frozen=True)
 class Weights:
     """A weights file another stage wrote and the sha256 that stage recorded (None: none recorded, not checked).

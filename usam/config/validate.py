@@ -17,7 +17,6 @@ from typing import Any, Literal, Union
 
 from usam.errors import ConfigError
 
-
 # Keys that no longer exist, and what to use instead: an old override or params.yaml gets this, not a guess.
 RETIRED = {
     "model.name": "the task picks the model (`usam train usam`, the `usam` stage): drop model.name",

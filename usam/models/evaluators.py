@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 
-
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop the whole residual branch per sample, rescale the survivors."""
     if rate == 0.0 or not training:

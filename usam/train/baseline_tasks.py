@@ -73,6 +73,9 @@ class _TokenBaseline(StreamTask):
         return dict(bits=self.tokenizer_meta["model_kwargs"]["bits"], tokens=self.schedule().tokens, width=size.width,
                     depth=size.depth, heads=size.heads, num_classes=len(self.class_names()))
 
+    def head_width(self, model: nn.Module) -> int:
+        return model.head.out_features
+
     def _bit_loss(self, logits: torch.Tensor, bits: torch.Tensor, where: torch.Tensor | None = None):
         ce = F.cross_entropy(logits.reshape(-1, 2), bits.long().reshape(-1), reduction="none").view(bits.shape).mean(-1)
         right = (logits.argmax(-1) == bits.long()).float().mean(-1)
@@ -193,12 +196,11 @@ class DiffusionTask(_TokenBaseline):
     @torch.no_grad()
     def evaluate(self, model, loader, device) -> dict[str, float]:
         model.eval()
-        bare = getattr(model, "module", model)
         generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
         sums = {"seen": 0.0, "loss_sum": 0.0}
         for batch in loader:
             n = batch_size(batch)
-            sums["loss_sum"] += float(self._denoising_loss(bare, batch, device, generator)) * n
+            sums["loss_sum"] += float(self._denoising_loss(model, batch, device, generator)) * n
             sums["seen"] += n
         return sums
 
@@ -267,14 +269,13 @@ class GANTask(StreamTask):
     def evaluate(self, model, loader, device) -> dict[str, float]:
         """The critic's margin between real and generated validation videos (smaller: harder to tell apart)."""
         model.eval()
-        bare = getattr(model, "module", model)
         generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
         sums = {"seen": 0.0, "gap_sum": 0.0}
         for batch in loader:
             real = self._as_model_range(batch["video"].to(device))
             classes = batch["class"].to(device) if "class" in batch else None
-            fake = bare.generate(bare.sample_noise(real.shape[0], generator, device), classes)
-            sums["gap_sum"] += float((bare.critic(real, classes) - bare.critic(fake, classes)).sum())
+            fake = model.generate(model.sample_noise(real.shape[0], generator, device), classes)
+            sums["gap_sum"] += float((model.critic(real, classes) - model.critic(fake, classes)).sum())
             sums["seen"] += real.shape[0]
         return sums
 

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from usam.config.schema import ClassifierConfig, Config, TrainConfig
 from usam.data import VideoDataset
 from usam.models.evaluators import ClipClassifier, FrameClassifier
-from usam.train.task import SHAPE_KINDS, require_splits
+from usam.train.task import SHAPE_KINDS, Task, require_splits
 
 
 @dataclass
-class EvaluatorTask:
+class EvaluatorTask(Task):
     """A domain evaluator on ``cfg.data.name``: per-frame (``frame``) or per-clip (``clip``) classifier.
 
     Targets: the digit class for moving_digits. For bouncing_shapes the clip classifier
@@ -70,6 +70,9 @@ class EvaluatorTask:
             num_classes=self.num_classes(), width=m.width, stages=m.stages,
             dropout=m.dropout, drop_path=m.drop_path, grad_checkpointing=self.train_cfg.runtime.grad_checkpointing,
         )
+
+    def head_width(self, model: nn.Module) -> int:
+        return model.head.out_features
 
     def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         video, label = batch["video"], batch["label"]  # (B, T, C, H, W), (B,)

@@ -19,7 +19,9 @@ from usam.artifacts.layout import Layout
 from usam.artifacts.weights import load_weights
 from usam.config import Config, to_dict, train_section
 from usam.train import checkpoint as ckpt
-from usam.train.loop import LocalSession, _datasets, _validate, train_worker
+from usam.train.hooks import validate
+from usam.train.loop import WorkerSpec, train_worker
+from usam.train.session import LocalSession
 from usam.train.tasks import make_task
 
 CPU = torch.device("cpu")
@@ -34,8 +36,8 @@ def evaluate_weights(cfg: Config, task_name: str, *, root: Path, weights: Path,
     torch.set_num_threads(task.train_cfg.runtime.threads_per_worker)
     model = task.build_model()
     model.load_state_dict(load_weights(weights, sha256)["model"])
-    _, val = _datasets(task, CPU)
-    return _validate(task, model, val, task.train_cfg.batch_size, 0, 1, CPU)
+    _, val = task.datasets(CPU)
+    return validate(task, model, val, task.train_cfg.batch_size, 0, 1, CPU)
 
 
 def short_run(cfg: Config, task_name: str, *, root: Path, steps: int) -> dict[str, object]:
@@ -52,11 +54,11 @@ def short_run(cfg: Config, task_name: str, *, root: Path, steps: int) -> dict[st
     recipe["runtime"].update(checkpoint_every=10**9, workers=1, use_gpu=False, visuals_every=10**6)
     data["debug"]["fault_injection_step"] = None
     with tempfile.TemporaryDirectory(prefix="usam-rerun-") as tmp:
-        payload = {"config": data, "task": task_name, "layout": Layout.of(cfg, root), "inputs": None,
-                   "log_every": 10**9, "fault_marker": str(Path(tmp) / "fault"),
-                   "nonfinite_marker": str(Path(tmp) / "nonfinite.json")}
+        spec = WorkerSpec(config=data, task=task_name, layout=Layout.of(cfg, root), inputs=None,
+                          log_every=10**9, fault_marker=str(Path(tmp) / "fault"),
+                          nonfinite_marker=str(Path(tmp) / "nonfinite.json"))
         session = LocalSession(CPU, Path(tmp) / "checkpoints")
-        train_worker(payload, session)
+        train_worker(spec, session)
         if session.last is None:
             raise RuntimeError("the short run saved no checkpoint")
         metrics, folder = session.last

@@ -27,7 +27,7 @@ from usam.media.panels import save_gif, save_png, side_by_side_frames, strip_gri
 from usam.media.perceptual import DOMAIN_LABEL, LPIPS_LABEL, LpipsDistance, load_domain_distance
 from usam.models.bsq import check_schedule
 from usam.models.tokenizer import PatchGAN3d, SpacetimeTokenizer, latent_frames
-from usam.train.task import require_splits
+from usam.train.task import Task, require_splits
 
 ROLE_RECON, ROLE_DENOISE, ROLE_SR = 0, 1, 2
 
@@ -49,7 +49,7 @@ def stage_names(schedule) -> list[str]:
 
 
 @dataclass
-class TokenizerTask:
+class TokenizerTask(Task):
     cfg: Config
     data_dir: Path  # <data.root>/prepared/<dataset>
     frame_evaluator: Weights  # the domain perceptual loss's network: the `evaluators` stage's, or the configured one
@@ -223,7 +223,6 @@ class TokenizerTask:
     def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict[str, float]:
         """Sums over videos (so shards can be all-reduced); :meth:`summarize` turns them into metrics."""
         model.eval()
-        bare = getattr(model, "module", model)
         net = self.perceptual(device)
         sums: dict[str, float] = {}
 
@@ -232,7 +231,7 @@ class TokenizerTask:
 
         for batch in loader:
             video = batch["video"].to(device).transpose(1, 2)
-            out = bare(video)
+            out = model(video)
             target, recon = self._unit(video).clamp(0, 1), self._unit(out.recon.float()).clamp(0, 1)
             add("seen", video.shape[0])
             add("psnr", vm.psnr(recon, target).sum())
@@ -246,7 +245,7 @@ class TokenizerTask:
                 add("perceptual", dist.sum())
             schedule = out.quant.schedule
             for k in range(1, len(schedule.scales) + 1):
-                partial = bare.decoder(bare.quantizer.cumulative(out.quant.codes, schedule, k), video.shape[2])
+                partial = model.decoder(model.quantizer.cumulative(out.quant.codes, schedule, k), video.shape[2])
                 add(f"psnr_prefix_{k}", vm.psnr(self._unit(partial.float()).clamp(0, 1), target).sum())
             for name, code in zip(stage_names(schedule), out.quant.codes):
                 ones = (code > 0).transpose(0, 1).flatten(1).float()  # (d, tokens)
@@ -281,16 +280,15 @@ class TokenizerTask:
         n = min(self.tcfg.eval.panel_videos, len(dataset))
         if n == 0:
             return []
-        bare = getattr(model, "module", model)
-        was_training = bare.training
-        bare.eval()
+        was_training = model.training
+        model.eval()
         video = torch.stack([dataset[i]["video"] for i in range(n)]).to(device).transpose(1, 2)
-        out = bare(video)
+        out = model(video)
         target, recon = self._unit(video).clamp(0, 1), self._unit(out.recon.float()).clamp(0, 1)
         schedule = out.quant.schedule
-        prefixes = [self._unit(bare.decoder(bare.quantizer.cumulative(out.quant.codes, schedule, k), video.shape[2])
+        prefixes = [self._unit(model.decoder(model.quantizer.cumulative(out.quant.codes, schedule, k), video.shape[2])
                                .float()).clamp(0, 1) for k in range(1, len(schedule.scales) + 1)]
-        bare.train(was_training)
+        model.train(was_training)
         frames = lambda v: v.transpose(0, 1)  # noqa: E731  (C, T, H, W) -> (T, C, H, W)
         rows = [frames(r) for i in range(n) for r in (target[i], recon[i])]
         files = [save_png(strip_grid(rows), folder / "reconstruction.png"),

@@ -1,8 +1,9 @@
 """The driver side of training: one `fit` for `dvc repro`, `usam train` and Tune trials alike.
 
 It validates everything that can fail before Ray starts (config, data, resources), opens
-the MLflow run, runs ``train_worker`` on a Ray Train ``TorchTrainer`` (DDP, gloo on CPU,
-NCCL on GPU), and writes the final weights atomically with their sha256.
+the MLflow run, runs the workers (``usam.train.launch``: in this process for a one-worker Tune
+trial, else a Ray Train worker group), checks that the loss stayed finite, and writes the final
+weights atomically with their sha256.
 Each run gets a unique Ray run name: Train V2 silently resumes a re-used name, so only
 ``resume_run_id`` (``usam train --resume``) re-uses one, on purpose.
 """
@@ -13,6 +14,7 @@ import dataclasses
 import json
 import secrets
 import time
+import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,9 @@ from usam.models import parameter_count
 from usam.paths import find_project_root, resolve
 from usam.track import client_for, tracked_run, tracking_uri
 from usam.train import checkpoint as ckpt
-from usam.train.loop import LocalSession, train_worker
+from usam.train.launch import InProcess, Launcher, RayTrainGroup
+from usam.train.loop import WorkerSpec
+from usam.train.task import Task
 from usam.train.tasks import TASKS, make_task
 
 
@@ -39,9 +43,10 @@ class FitResult:
     checkpoint_path: str  # the last checkpoint kept (every rank's part, with checksums)
 
 
-def ensure_ray(cfg: Config) -> None:
+def ensure_ray(cfg: Config, *, dashboard: bool = False) -> None:
     """Join ``ray.address`` (or ``RAY_ADDRESS``, which `ray job submit` sets), or start a local instance sized
-    by ``ray.num_cpus``, once per process; never join a cluster that `ray start` merely left on this machine."""
+    by ``ray.num_cpus``, once per process; never join a cluster that `ray start` merely left on this machine.
+    ``dashboard``: the local instance runs the dashboard, whose state API a sweep needs (see ``usam.tune``)."""
     import ray
 
     if ray.is_initialized():
@@ -57,7 +62,8 @@ def ensure_ray(cfg: Config) -> None:
                 fix="start the cluster (`ray start --head`) or set ray.address=null (and unset RAY_ADDRESS) for a local one",
             ) from None
     else:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=dashboard,
+                 **({"dashboard_host": "127.0.0.1"} if dashboard else {}),
                  object_store_memory=cfg.ray.object_store_mb * 2**20, log_to_driver=True)
 
 
@@ -120,19 +126,14 @@ def fit(
     layout = Layout.of(cfg, root)
     task = make_task(task_name, cfg, layout, inputs)
     tcfg = task.train_cfg
-    task.check_data()
-    videos = len(task.dataset("train", train=False))
-    if videos // tcfg.runtime.workers < tcfg.batch_size * tcfg.grad_accum:
-        raise UsamError(
-            f"the train split has {videos} videos: too few for one step of {tcfg.runtime.workers} worker(s) x batch_size "
-            f"{tcfg.batch_size} x grad_accum {tcfg.grad_accum}",
-            where=f"{task.name} on {cfg.data.name}",
-            fix="lower the batch size, accumulation or worker count, or build more videos (data.num_videos.train)",
-        )
-    here = in_trial is not None and tcfg.runtime.workers == 1
-    if not here:
+    _check_inputs(task, cfg)
+    launcher: Launcher
+    if in_trial is not None and tcfg.runtime.workers == 1:
+        launcher = InProcess(tcfg, report=in_trial == "report")
+    else:
         ensure_ray(cfg)
         check_resources(tcfg, ray.cluster_resources())
+        launcher = RayTrainGroup(tcfg, callbacks or [], report=in_trial == "report")
 
     storage = _storage(cfg, root)
     if resume_run_id:
@@ -140,37 +141,29 @@ def fit(
     else:
         ray_name = f"{task_name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     out_dir = Path(out_dir) if out_dir else Path(storage) / ray_name / "final"
-    backend = tcfg.runtime.backend if tcfg.runtime.backend != "auto" else ("nccl" if tcfg.runtime.use_gpu else "gloo")
 
     with tracked_run(cfg, stage=f"train/{task_name}", run_name=run_name or ray_name, root=root,
                      parent_run_id=parent_run_id, resume_run_id=resume_run_id,
                      tags={"ray.run_name": ray_name, "ray.storage_path": storage, "usam.task": task_name,
-                           "usam.train.where": "the Tune trial's process" if here else
-                           f"Ray Train worker group of {tcfg.runtime.workers}", **(tags or {})}) as run:
+                           "usam.train.where": launcher.where, **(tags or {})}) as run:
         print(f"MLflow run {run.run_id} (Ray run {ray_name}); if interrupted, continue with "
               f"`usam train {task_name} <same overrides> --resume {run.run_id}`", flush=True)
-        payload = {
-            "config": to_dict(cfg), "task": task_name, "layout": layout, "inputs": inputs,
-            "tracking_uri": tracking_uri(cfg, root), "run_id": run.run_id, "log_every": tcfg.runtime.log_every,
-            "fault_marker": str(Path(storage) / ray_name / ".fault-injected"),
-            "nonfinite_marker": str(Path(storage) / ray_name / "nonfinite.json"),
-        }
-        Path(payload["nonfinite_marker"]).parent.mkdir(parents=True, exist_ok=True)
-        Path(payload["nonfinite_marker"]).unlink(missing_ok=True)  # a resumed run starts with a clean slate
+        spec = WorkerSpec(
+            config=to_dict(cfg), task=task_name, layout=layout, inputs=inputs, log_every=tcfg.runtime.log_every,
+            fault_marker=str(Path(storage) / ray_name / ".fault-injected"),
+            nonfinite_marker=str(Path(storage) / ray_name / "nonfinite.json"),
+            tracking_uri=tracking_uri(cfg, root), run_id=run.run_id,
+        )
+        nonfinite = Path(spec.nonfinite_marker)
+        nonfinite.parent.mkdir(parents=True, exist_ok=True)
+        nonfinite.unlink(missing_ok=True)  # a resumed run starts with a clean slate
         resume_hint = f"`usam train {task_name} <same overrides> --resume {run.run_id}`"
         where = f"Ray run {ray_name} under {storage}"
         start = time.perf_counter()
         try:
-            if here:
-                metrics, checkpoint = _fit_here(payload, tcfg, Path(storage) / ray_name, report=in_trial == "report")
-            else:
-                if in_trial == "report":
-                    from ray.tune.integration.ray_train import TuneReportCallback
-
-                    callbacks = [*(callbacks or []), TuneReportCallback()]
-                metrics, checkpoint = _fit_on_ray_train(payload, tcfg, backend, ray_name, storage, callbacks or [])
+            metrics, checkpoint = launcher.run(spec, ray_name, storage)
         except (SystemExit, KeyboardInterrupt, ray.exceptions.RayActorError):
-            if here:  # Tune stops a trial (ASHA) by exiting it from inside its report: let Tune see that
+            if launcher.in_process:  # Tune stops a trial (ASHA) by exiting it from inside its report: let Tune see that
                 raise
             # Ray answers Ctrl-C by aborting its train controller, then calls sys.exit(0) (a success code!)
             raise Interrupted(
@@ -180,16 +173,13 @@ def fit(
         except UsamError:
             raise
         except Exception as exc:
-            if here:  # no worker log to read: the traceback goes to this process's log (the trial's error file)
-                import traceback
-
+            if launcher.in_process:  # no worker log to read: the traceback goes to this process's log (the trial's error file)
                 traceback.print_exc()
             raise UsamError(
-                f"training failed after {0 if here else tcfg.runtime.max_failures} restart(s): {_first_line(exc)}", where=where,
+                f"training failed after {launcher.restarts} restart(s): {_first_line(exc)}", where=where,
                 fix=f"read the worker log above; continue from the last checkpoint with {resume_hint}",
             ) from None
         seconds = time.perf_counter() - start
-        nonfinite = Path(payload["nonfinite_marker"])
         if nonfinite.is_file():
             last = getattr(checkpoint, "path", checkpoint) or "none"
             raise UsamError(
@@ -205,39 +195,18 @@ def fit(
         return FitResult(run.run_id, ray_name, weights, sha, metrics, seconds, str(getattr(checkpoint, "path", checkpoint)))
 
 
-def _fit_on_ray_train(payload: dict, tcfg, backend: str, ray_name: str, storage: str,
-                      callbacks: list):
-    """``train_worker`` on a ``TorchTrainer`` worker group; (last report, the last checkpoint Ray kept)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    resources = {"CPU": tcfg.runtime.cpus_per_worker, **({"GPU": 1} if tcfg.runtime.use_gpu else {})}
-    trainer = TorchTrainer(
-        _entry, train_loop_config=payload, torch_config=TorchConfig(backend=backend),
-        scaling_config=ScalingConfig(num_workers=tcfg.runtime.workers, use_gpu=tcfg.runtime.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=ray_name, storage_path=storage, failure_config=FailureConfig(max_failures=tcfg.runtime.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=tcfg.runtime.keep_checkpoints), callbacks=callbacks,
-        ),
-    )
-    result = trainer.fit()
-    return result.metrics, result.checkpoint
-
-
-def _fit_here(payload: dict, tcfg, folder: Path, *, report: bool) -> tuple[dict, Path | None]:
-    """``train_worker`` in this process (a Tune trial's one worker); (last report, its checkpoint folder)."""
-    import torch
-
-
-    device = torch.device("cuda", 0) if tcfg.runtime.use_gpu else torch.device("cpu")
-    session = LocalSession(device, folder, tcfg.runtime.keep_checkpoints, tune=report)
-    train_worker(payload, session)
-    return session.last if session.last is not None else ({}, None)
-
-
-def _entry(payload: dict) -> None:
-
-    train_worker(payload)
+def _check_inputs(task: Task, cfg: Config) -> None:
+    """Fail before Ray starts when the data is missing or too small for one optimizer step."""
+    tcfg = task.train_cfg
+    task.check_data()
+    videos = len(task.dataset("train", train=False))
+    if videos // tcfg.runtime.workers < tcfg.batch_size * tcfg.grad_accum:
+        raise UsamError(
+            f"the train split has {videos} videos: too few for one step of {tcfg.runtime.workers} worker(s) x batch_size "
+            f"{tcfg.batch_size} x grad_accum {tcfg.grad_accum}",
+            where=f"{task.name} on {cfg.data.name}",
+            fix="lower the batch size, accumulation or worker count, or build more videos (data.num_videos.train)",
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -245,21 +214,17 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _export_final(checkpoint, out_dir: Path, task) -> tuple[Path, str, int]:
+def _export_final(checkpoint, out_dir: Path, task: Task) -> tuple[Path, str, int]:
     """The final weights (and EMA, when kept) as one file, written atomically; returns path, sha256, parameter count."""
-
-
     if checkpoint is None:
         raise UsamError("training reported no checkpoint", where="Ray result", fix="check train.epochs / max_steps")
-    with checkpoint.as_directory() if hasattr(checkpoint, "as_directory") else nullcontext(checkpoint) as folder:
+    with nullcontext(checkpoint) if isinstance(checkpoint, Path) else checkpoint.as_directory() as folder:
         shared, _ = ckpt.read(Path(folder), 0)  # a Ray checkpoint may live in remote storage
     out_dir.mkdir(parents=True, exist_ok=True)
     model = task.build_model()
     model.load_state_dict(shared["model"])
     payload = {"model": shared["model"], "progress": shared["progress"], "task": task.name,
-               "num_classes": getattr(model, "head").out_features if hasattr(model, "head") else None}
-    if hasattr(task, "export_meta"):
-        payload.update(task.export_meta())
+               "num_classes": task.head_width(model), **task.export_meta()}
     if shared.get("ema") is not None:
         payload["ema"] = {name: t for (name, _), t in zip(model.named_parameters(), shared["ema"])}
     path = out_dir / "weights.pt"

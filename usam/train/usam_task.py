@@ -31,7 +31,7 @@ from usam.media.panels import write_grid
 from usam.models.tokenizer import latent_frames
 from usam.models.usam import USAM, USAMConfig
 from usam.seeding import dataloader_generator
-from usam.train.task import SHAPE_KINDS, require_splits
+from usam.train.task import SHAPE_KINDS, Task, require_splits
 
 
 class ConditionedVideos(torch.utils.data.Dataset):
@@ -85,7 +85,7 @@ class EncodedVideos(torch.utils.data.Dataset):
 
 
 @dataclass
-class StreamTask:
+class StreamTask(Task):
     """What every generator trained on a dataset's videos shares: the frozen tokenizer of the dataset (when
     the model works on its tokens or latents), the conditions, sample grids and the exported metadata."""
 
@@ -238,14 +238,13 @@ class StreamTask:
     @torch.no_grad()
     def visuals(self, model: nn.Module, dataset, device: torch.device, folder: Path) -> list[Path]:
         """A sample grid (one row per class, PNG of frame strips and an animated GIF)."""
-        bare = getattr(model, "module", model)
         if self.conditioning.text or self.conditioning.context_frames:
             return []  # the grid is per class; text and context samples come from `usam sample`
         per = self.per_class
         cond, names = self.grid_conditions(per, device)
         rows = len(names) * per
         generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
-        videos = self.sample(bare, cond, rows, device, generator)
+        videos = self.sample(model, cond, rows, device, generator)
         return write_grid(videos, folder, "samples")
 
 
@@ -298,6 +297,9 @@ class USAMTask(StreamTask):
 
     # ---- training --------------------------------------------------------------------------------------------
 
+    def head_width(self, model: USAM) -> int:
+        return model.head.out_features
+
     def stage_weights(self, model: USAM, device) -> torch.Tensor:
         """Per token: its stage's weight / (the stage's tokens x the weights' sum), so the loss is the weighted
         mean over stages of each stage's mean bit cross-entropy."""
@@ -325,16 +327,15 @@ class USAMTask(StreamTask):
     def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict[str, float]:
         """Teacher-forced sums over videos: weighted bit cross-entropy and bit accuracy, overall and per segment kind."""
         model.eval()
-        bare = getattr(model, "module", model)
         quantizer = self.tokenizer(device).quantizer
-        weights = self.stage_weights(bare, device)
-        image_tokens = bare.bounds[len(bare.schedule.scales)]
+        weights = self.stage_weights(model, device)
+        image_tokens = model.bounds[len(model.schedule.scales)]
         sums = {"seen": 0.0, "loss_sum": 0.0, "bits_right": 0.0, "bits": 0.0, "image_right": 0.0, "image_bits": 0.0}
         for batch in loader:
             z = self._encode(batch, device)
             q = quantizer(z)
-            logits = bare(quantizer.next_scale_inputs(q.codes, q.schedule), self.conditions(batch, device, z))
-            target = (bare.flatten(q.codes) > 0).long()
+            logits = model(quantizer.next_scale_inputs(q.codes, q.schedule), self.conditions(batch, device, z))
+            target = (model.flatten(q.codes) > 0).long()
             ce = F.cross_entropy(logits.reshape(-1, 2), target.reshape(-1), reduction="none").view(target.shape)
             right = (logits.argmax(-1) == target).float()
             sums["seen"] += z.shape[0]

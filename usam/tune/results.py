@@ -22,6 +22,7 @@ from usam.report.markup import html_table
 from usam.tune.spec import STUDY_TAG, TRIAL_TAG
 from usam.tune.stats import mean_std, verdict, welch
 
+
 def trial_table(study, spec, grid, client) -> pd.DataFrame:
     """One row per trial, in Tune's order; MLflow runs left open by stopped or failed trials are closed."""
     experiment = client.get_run(study.parent_run_id).info.experiment_id

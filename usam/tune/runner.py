@@ -141,15 +141,9 @@ def _start_ray(cfg: Config) -> None:
     (without it the stopped trial's CPUs stay reserved and the next trial waits forever)."""
     import ray
 
-
-    if ray.is_initialized():
-        return
-    if ray_address(cfg):
+    if not ray.is_initialized() and ray_address(cfg):
         _answers(ray_address(cfg))
-        ensure_ray(cfg)
-        return
-    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             object_store_memory=cfg.ray.object_store_mb * 2**20, log_to_driver=True)
+    ensure_ray(cfg, dashboard=True)
 
 
 def _answers(address: str, timeout: float = 5.0) -> None:
