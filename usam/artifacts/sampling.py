@@ -15,6 +15,7 @@ import torch
 from usam.artifacts.loaders import load_evaluator, load_tokenizer
 from usam.artifacts.weights import load_weights
 from usam.config.schema import SamplingConfig
+from usam.data.dataset import stats_tensors
 from usam.data.text import UNKNOWN_WORD, encode_text, words
 from usam.errors import UsamError
 from usam.models.usam import USAM
@@ -32,9 +33,7 @@ def generate_videos(model: USAM, tokenizer, normalize: dict, frames: int, cond: 
                           generator=generator, forced=forced)
     model.train(was_training)
     video = tokenizer.decode(bits, model.schedule, frames).float()
-    device = video.device
-    mean = torch.tensor(normalize["mean"], device=device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(normalize["std"], device=device).view(1, -1, 1, 1, 1)
+    mean, std = stats_tensors(normalize, (1, -1, 1, 1, 1), video.device)
     return (video * std + mean).clamp(0, 1)
 
 
@@ -107,7 +106,6 @@ def classify_frames(videos: torch.Tensor, weights: Path, sha256: str | None, nor
     """The frame evaluator's class per video (B, 3, T, H, W in [0, 1]): the argmax of its frame logits' mean."""
     net, _ = load_evaluator("frame", weights, sha256)
     b, c, t, h, w = videos.shape
-    mean = torch.tensor(normalize["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(normalize["std"]).view(1, -1, 1, 1)
+    mean, std = stats_tensors(normalize, (1, -1, 1, 1))
     frames = (videos.transpose(1, 2).reshape(b * t, c, h, w) - mean) / std
     return net(frames).view(b, t, -1).mean(1).argmax(-1)

@@ -22,15 +22,18 @@ from usam.seeding import derive_seed
 REPREP = "run `dvc repro preprocess` (or `usam data build`) to (re)create it"
 
 
-def _stats_tensor(stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(stats["mean"], dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(stats["std"], dtype=torch.float32).view(-1, 1, 1)
+def stats_tensors(stats: dict, shape: tuple[int, ...], device: torch.device | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A normalization's per-channel mean and std as float32 tensors viewed as ``shape`` (e.g. ``(1, -1, 1, 1, 1)``
+    for (B, C, T, H, W)), so every (de)normalization of every layer broadcasts the same numbers."""
+    mean = torch.tensor(stats["mean"], dtype=torch.float32, device=device).view(shape)
+    std = torch.tensor(stats["std"], dtype=torch.float32, device=device).view(shape)
     return mean, std
 
 
 def denormalize(video: torch.Tensor, stats: dict) -> torch.Tensor:
     """Undo the normalization of a (..., C, H, W) tensor and clamp to [0, 1] for display."""
-    mean, std = _stats_tensor(stats)
+    mean, std = stats_tensors(stats, (-1, 1, 1))
     return (video * std + mean).clamp(0, 1)
 
 
