@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usam.config import Config, to_dict
-from usam.errors import Interrupted, UsamError
+from usam.errors import Interrupted, UsamError, first_line
 from usam.models import parameter_count
 from usam.paths import find_project_root, resolve
 from usam.track import client_for, tracked_run, tracking_uri
@@ -182,7 +182,7 @@ def fit(
 
                 traceback.print_exc()
             raise UsamError(
-                f"training failed after {0 if here else tcfg.max_failures} restart(s): {_first_line(exc)}", where=where,
+                f"training failed after {0 if here else tcfg.max_failures} restart(s): {first_line(exc)}", where=where,
                 fix=f"read the worker log above; continue from the last checkpoint with {resume_hint}",
             ) from None
         seconds = time.perf_counter() - start
@@ -235,11 +235,6 @@ def _fit_here(payload: dict, tcfg, folder: Path, *, report: bool) -> tuple[dict,
 def _entry(payload: dict) -> None:
 
     train_worker(payload)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _export_final(checkpoint, out_dir: Path, task) -> tuple[Path, str, int]:
