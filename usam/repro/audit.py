@@ -34,6 +34,7 @@ from usam.repro.environment import BOOTSTRAP, PROJECT, same_version, read_lock
 from usam.track import client_for, provenance, tracking_uri
 from usam.track.provenance import git
 from usam.track.run import tag_path
+from usam.track.runs import find_run
 from usam.train import with_dataset
 from usam.train.replay import evaluate_weights, short_run
 
@@ -107,30 +108,7 @@ class RunRecord:
         return self.run.data.params
 
 
-# ---- finding the run and its artifacts ---------------------------------------------------------------------------
-
-
-def find_run(client, ref: str, where: str):
-    """A run by id, by name (newest first), or ``latest``: the newest finished training run, in any experiment."""
-    from mlflow.exceptions import MlflowException
-
-    ids = [e.experiment_id for e in client.search_experiments()]
-    if ref == "latest":
-        query = "tags.`usam.task` != '' and attributes.status = 'FINISHED'"
-    else:
-        try:
-            return client.get_run(ref)
-        except MlflowException:
-            query = "attributes.run_name = '{}'".format(ref.replace("'", "\\'"))
-    runs = client.search_runs(ids, query, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
-    if not runs:
-        raise UsamError(
-            f"no run {ref!r} in the tracking store",
-            where=where,
-            fix="pass a run id or name from `usam ui` (or `latest`); for a run recorded in another store, "
-            "point at it, e.g. `usam audit RUN tracking.uri=sqlite:////path/to/mlflow.db`",
-        )
-    return runs[0]
+# ---- the run's artifacts -----------------------------------------------------------------------------------------
 
 
 def load_record(client, run) -> RunRecord:

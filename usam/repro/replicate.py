@@ -35,10 +35,11 @@ from usam.artifacts.weights import load_weights
 from usam.config import Config, config_hash, flatten, to_dict, to_yaml, train_section
 from usam.errors import UsamError, first_line
 from usam.paths import resolve
-from usam.repro.audit import FAIL, Report, RunRecord, audit, find_run, load_record
+from usam.repro.audit import FAIL, Report, RunRecord, audit, load_record
 from usam.track import artifact_root, client_for, provenance, tracking_uri
 from usam.track.provenance import git
 from usam.track.run import tag_path
+from usam.track.runs import find_run
 
 EXACT, WITHIN, DIFFERS = "exact", "within tolerance", "differs"
 VOLATILE = ("seconds", "per_s", "memory")  # metrics that measure the machine, not the model
