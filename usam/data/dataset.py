@@ -62,7 +62,7 @@ class VideoDataset(torch.utils.data.Dataset):
                 where=str(self.split_dir.parent / PREPROCESS_JSON),
                 fix=REPREP,
             ) from None
-        self._mean, self._std = _stats_tensor(self.stats)
+        self._mean, self._std = stats_tensors(self.stats, (-1, 1, 1))
         self.labels = self._load("labels.npy", mmap=False) if labels is None else np.asarray(labels, np.int64)
         videos = self._load("videos.npy", mmap=True)
         if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3 or len(videos) != len(self.labels):
