@@ -1,7 +1,7 @@
 """Generate videos with a trained USAM model: conditions by name, guidance, seeds, context frames.
 
-``Sampler.load`` rebuilds the model and its tokenizer from an exported ``weights.pt`` (both
-checked by sha256); ``generate_videos`` is the one path from bits to pixels, shared by the
+``rebuild_usam`` is the one way a trained USAM is rebuilt from its exported ``weights.pt`` (``Sampler.load``
+adds its tokenizer, both checked by sha256; the evaluation's generators use it too); ``generate_videos`` is the one path from bits to pixels, shared by the
 training task's sample grids, the DVC stage and ``usam sample``.
 """
 
@@ -37,6 +37,14 @@ def generate_videos(model: USAM, tokenizer, normalize: dict, frames: int, cond: 
     return (video * std + mean).clamp(0, 1)
 
 
+def rebuild_usam(state: dict) -> USAM:
+    """The trained USAM of a loaded weights file, built from the kwargs stored with it rather than from today's
+    config, so a run samples the same wherever it is loaded."""
+    model = USAM(**state["model_kwargs"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
 @dataclass
 class Sampler:
     model: USAM
@@ -49,11 +57,9 @@ class Sampler:
         if state.get("task") != "usam":
             raise UsamError(f"{Path(weights).name} holds a {state.get('task')!r} model, not USAM", where=str(weights),
                             fix="pass a run of `usam train usam` (or the `usam` stage)")
-        model = USAM(**state["model_kwargs"])
-        model.load_state_dict(state["model"])
         tok = state["tokenizer"]
         tokenizer, tok_meta = load_tokenizer(root / tok["path"], tok["sha256"])
-        return cls(model.eval(), tokenizer, {**state, "frames": tok_meta["frames"]})
+        return cls(rebuild_usam(state), tokenizer, {**state, "frames": tok_meta["frames"]})
 
     def _index(self, kind: str, names: list[str] | None, value: str) -> int:
         if not names:

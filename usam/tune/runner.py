@@ -26,11 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from usam.artifacts.sampling import classify_frames
 from usam.config import TRAIN_SECTIONS, Config, compose, train_section
 from usam.errors import UsamError
+from usam.eval.class_grid import class_grid
 from usam.eval.generators import load_generator
-from usam.media.panels import write_grid
 from usam.paths import find_project_root, resolve
 from usam.track import client_for, tracked_run, tracking_uri
 from usam.track.run import artifact_root
@@ -413,23 +412,13 @@ def _sample_scores(s: Study, cfg: Config, result, work: Path, client) -> dict[st
     the dataset's frame evaluator assigns to the class they were generated for."""
     import tempfile
 
-    import torch
-
-
     name = cfg.data.name
+
+    def frame_evaluator() -> tuple[Path, str]:
+        report = json.loads((work / "metrics" / "evaluators" / f"{name}.json").read_text())
+        return work / "models" / "evaluators" / name / "frame.pt", report["frame"]["weights_sha256"]
+
     generator = load_generator(s.task, cfg, work, result.weights_path, result.weights_sha256)
-    per = cfg.model.sampling.per_class
-    cond, names = generator.task.grid_conditions(per, torch.device("cpu"))
-    classes = cond.get("class", torch.zeros(len(names) * per, dtype=torch.long))
-    videos = generator.sample(classes, cfg.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        for path in write_grid(videos, Path(tmp), "samples"):
-            client.log_artifact(result.run_id, str(path), "samples")
-    if "class" not in cond:
-        return {}
-    report = json.loads((work / "metrics" / "evaluators" / f"{name}.json").read_text())
-    predicted = classify_frames(videos, work / "models" / "evaluators" / name / "frame.pt",
-                                report["frame"]["weights_sha256"], generator.task.normalize)
-    accuracy = float((predicted == classes).float().mean())
-    client.log_metric(result.run_id, "samples/class_acc", accuracy)
-    return {"sample_class_acc": accuracy}
+        scores = class_grid(generator, cfg, Path(tmp), client, result.run_id, frame_evaluator, mp4=False)
+    return {key: value for key, value in scores.items() if key == "sample_class_acc"}
