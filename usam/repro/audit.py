@@ -30,7 +30,7 @@ import yaml
 from usam.config import Config, config_hash, flatten, load_params, to_dict, train_section
 from usam.errors import UsamError, first_line
 from usam.paths import resolve
-from usam.repro.environment import BOOTSTRAP, PROJECT, same_version, read_lock
+from usam.repro.environment import BOOTSTRAP, PROJECT, read_lock, same_version
 from usam.track import client_for, provenance, tracking_uri
 from usam.track.provenance import git
 from usam.track.run import tag_path
@@ -666,13 +666,7 @@ def audit(ref: str, cfg: Config, root: Path, *, replay: bool = True) -> Report:
     root = Path(root).resolve()
     uri = provenance.redact(tracking_uri(cfg, root))
     client = client_for(cfg, root)
-    try:
-        run = find_run(client, ref, uri)
-    except UsamError:
-        raise
-    except Exception as exc:
-        raise UsamError(f"cannot read the MLflow tracking store: {first_line(exc)}", where=uri,
-                        fix="check tracking.uri (and that the server is up)") from None
+    run = find_run(client, ref, uri)
     record = load_record(client, run)
     experiment = client.get_experiment(run.info.experiment_id)
     return Report(

@@ -134,14 +134,8 @@ def open_record(ref: str, cfg: Config, root: Path, what: str) -> tuple[RunRecord
 
     uri = provenance.redact(tracking_uri(cfg, root))
     client = client_for(cfg, root)
-    try:
-        run = find_run(client, ref, uri)
-        record = load_record(client, run)
-    except UsamError:
-        raise
-    except Exception as exc:  # an unreadable store
-        raise UsamError(f"cannot read the MLflow tracking store: {first_line(exc)}", where=uri,
-                        fix="check tracking.uri (and that the server is up)") from None
+    run = find_run(client, ref, uri)
+    record = load_record(client, run)
     run_id = run.info.run_id
     if "usam.task" not in record.tags or "checkpoint.sha256" not in record.tags:
         raise UsamError(f"run {run_id} is not a finished training run (no usam.task / checkpoint.sha256 tag)",
