@@ -1,8 +1,9 @@
 """Generate videos with a trained USAM model: conditions by name, guidance, seeds, context frames.
 
-``rebuild_usam`` is the one way a trained USAM is rebuilt from its exported ``weights.pt`` (``Sampler.load``
-adds its tokenizer, both checked by sha256; the evaluation's generators use it too); ``generate_videos`` is the one path from bits to pixels, shared by the
-training task's sample grids, the DVC stage and ``usam sample``.
+``rebuild_usam`` is the one way a trained USAM is rebuilt from an exported ``weights.pt``, for
+``Sampler.load`` (which adds its tokenizer, both checked by sha256) and the evaluation's generators;
+``generate_videos`` is the one path from bits to pixels, shared by the training task's sample grids,
+the DVC stages and ``usam sample``.
 """
 
 from __future__ import annotations

@@ -421,4 +421,4 @@ def _sample_scores(s: Study, cfg: Config, result, work: Path, client) -> dict[st
     generator = load_generator(s.task, cfg, work, result.weights_path, result.weights_sha256)
     with tempfile.TemporaryDirectory() as tmp:
         scores = class_grid(generator, cfg, Path(tmp), client, result.run_id, frame_evaluator, mp4=False)
-    return {key: value for key, value in scores.items() if key == "sample_class_acc"}
+    return {key: value for key, value in scores.items() if key == "sample_class_acc"}  # chance: the same in every trial
