@@ -298,7 +298,8 @@ def trial_overrides(kind: str, seed: int, cell: dict | None = None, point: dict 
 
 
 def _find_study(client, cfg: Config, kind: str, spec_path: Path, which: str) -> tuple[str, str]:
-    """(study name, parent run id) of the study to resume: by parent run id, by study name, or ``latest``."""
+    """(study name, parent run id) of the study to resume: by parent run id, by study name, or ``latest``: the
+    newest study of ``spec_path`` (a study's parent run; training runs are found by usam.track.runs.find_run)."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
