@@ -11,14 +11,11 @@ from __future__ import annotations
 import json
 import shutil
 
-import torch
-
 from pipelines import parse_stage, record_weights
-from usam.artifacts.sampling import classify_frames
 from usam.errors import UsamError, main_guard
+from usam.eval.class_grid import class_grid
 from usam.eval.generators import load_generator
 from usam.files import atomic_dir
-from usam.media.panels import write_grid
 from usam.track import client_for
 from usam.train import fit, with_dataset
 from usam.train.tasks import BASELINES, make_task
@@ -50,8 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         weights = tmp / f"{args.model}.pt"
         shutil.move(result.weights_path, weights)
         shutil.rmtree(tmp / ".fit")
-        scores = sample_grid(args.model, cfg, layout, inputs, weights, result.weights_sha256, tmp / "samples",
-                             layout.evaluator_weights(args.name, "frame", args.evaluators), client, result.run_id)
+        gen = load_generator(args.model, cfg, layout, weights, result.weights_sha256, inputs)
+        scores = {**class_grid(gen, cfg, tmp / "samples", client, result.run_id,
+                               lambda: layout.evaluator_weights(args.name, "frame", args.evaluators)),
+                  "parameters": gen.parameters}
     record_weights(client, result.run_id, out / weights.name, layout)
     report = {**{k: v for k, v in result.metrics.items() if k.startswith("val_")}, **scores,
               "weights_sha256": result.weights_sha256, "train_seconds": round(result.train_seconds, 1),
@@ -61,21 +60,6 @@ def main(argv: list[str] | None = None) -> None:
     path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     print(f"{args.model}/{args.name}: samples classified as their class {scores['sample_class_acc']:.0%} "
           f"(chance {scores['chance']:.0%})")
-
-
-def sample_grid(model: str, cfg, layout, inputs, weights, sha256: str, folder, frame, client, run_id: str) -> dict:
-    """The per-class sample grid of a trained generator (logged to its run) and its class accuracy by the
-    ``frame`` evaluator."""
-    gen = load_generator(model, cfg, layout, weights, sha256, inputs)
-    names = gen.class_names
-    classes = torch.arange(len(names)).repeat_interleave(cfg.model.sampling.per_class)
-    videos = gen.sample(classes, cfg.seed)
-    for f in write_grid(videos, folder, "samples", mp4=True):
-        client.log_artifact(run_id, str(f), "samples")
-    predicted = classify_frames(videos, frame.path, frame.sha256, gen.task.normalize)
-    accuracy = float((predicted == classes).float().mean())
-    client.log_metric(run_id, "samples/class_acc", accuracy)
-    return {"sample_class_acc": accuracy, "chance": 1.0 / len(names), "parameters": gen.parameters}
 
 
 if __name__ == "__main__":

@@ -11,14 +11,11 @@ from __future__ import annotations
 import json
 import shutil
 
-import torch
-
 from pipelines import DATASET, parse_stage, record_weights
-from usam.artifacts.sampling import Sampler, classify_frames
 from usam.errors import main_guard
+from usam.eval.class_grid import class_grid
+from usam.eval.generators import load_generator
 from usam.files import atomic_dir
-from usam.media.panels import write_grid
-from usam.models import parameter_count
 from usam.track import client_for
 from usam.train import fit, with_dataset
 from usam.train.tasks import make_task
@@ -41,25 +38,14 @@ def main(argv: list[str] | None = None) -> None:
         result = fit(cfg, "usam", root=root, out_dir=tmp / ".fit", run_name=f"usam/{name}", inputs=inputs)
         shutil.move(result.weights_path, tmp / "usam.pt")
         shutil.rmtree(tmp / ".fit")
-        sampler = Sampler.load(tmp / "usam.pt", result.weights_sha256, root)
-        cond, names = task.grid_conditions(cfg.model.sampling.per_class, torch.device("cpu"))
-        num = len(names) * cfg.model.sampling.per_class
-        videos = sampler.sample(cond or sampler.model.null_condition(num, torch.device("cpu")), num,
-                                cfg.model.sampling, cfg.seed)
-        files = write_grid(videos, tmp / "samples", "samples", mp4=True)
-        for f in files:
-            client.log_artifact(result.run_id, str(f), "samples")
-        scores = {"val_loss": result.metrics.get("val_loss"), "val_bit_acc": result.metrics.get("val_bit_acc")}
-        if "class" in cond:
-            frame = layout.evaluator_weights(name, "frame", args.evaluators)
-            predicted = classify_frames(videos, frame.path, frame.sha256, sampler.meta["normalize"])
-            scores["sample_class_acc"] = float((predicted == cond["class"]).float().mean())
-            scores["chance"] = 1.0 / len(names)
-            client.log_metric(result.run_id, "samples/class_acc", scores["sample_class_acc"])
+        gen = load_generator("usam", cfg, layout, tmp / "usam.pt", result.weights_sha256, inputs)
+        scores = {"val_loss": result.metrics.get("val_loss"), "val_bit_acc": result.metrics.get("val_bit_acc"),
+                  **class_grid(gen, cfg, tmp / "samples", client, result.run_id,
+                               lambda: layout.evaluator_weights(name, "frame", args.evaluators))}
     record_weights(client, result.run_id, out / "usam.pt", layout)
-    flops = sampler.model.flops_per_sample(sampler.tokenizer.quantizer)
+    flops = gen.model.flops_per_sample(gen.task.tokenizer().quantizer)
     client.log_metric(result.run_id, "model/flops_per_sample", flops)
-    report = {**scores, "weights_sha256": result.weights_sha256, "parameters": parameter_count(sampler.model),
+    report = {**scores, "weights_sha256": result.weights_sha256, "parameters": gen.parameters,
               "flops_per_sample": flops,
               "train_seconds": round(result.train_seconds, 1), "mlflow_run_id": result.run_id}
     metrics = args.metrics

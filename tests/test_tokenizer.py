@@ -212,7 +212,7 @@ def test_low_resolution_input_loses_detail_but_keeps_flat_regions():
 
 def test_domain_perceptual_distance_is_zero_for_identical_frames_and_grows_with_change():
     torch.manual_seed(0)
-    net = DomainDistance(FrameClassifier(num_classes=10, width=8, stages=2), [0.5] * 3, [0.5] * 3)
+    net = DomainDistance(FrameClassifier(num_classes=10, width=8, stages=2), {"mean": [0.5] * 3, "std": [0.5] * 3})
     a = torch.rand(4, 3, 32, 32)
     assert float(net(a, a).abs().max()) == 0.0
     near, far = net(a, (a + 0.02 * torch.randn_like(a)).clamp(0, 1)), net(a, torch.rand_like(a))

@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from usam.artifacts.layout import Layout
-from usam.artifacts.sampling import Sampler
+from usam.artifacts.layout import Layout, Weights
+from usam.artifacts.sampling import Sampler, classify_frames
 from usam.config import compose
 from usam.data import build_dataset, preprocess_dataset
 from usam.data.text import UNKNOWN_WORD, build_vocabulary, encode_text
 from usam.errors import UsamError
+from usam.eval.class_grid import class_grid
+from usam.eval.generators import load_generator
+from usam.models.evaluators import FrameClassifier
 from usam.train.checkpoint import atomic_torch_save
 from usam.train.tasks import make_task
 
@@ -138,3 +141,41 @@ def test_the_sampler_refuses_unknown_names_and_forces_context_frames(project: Pa
     assert videos.shape == (2, 3, 8, 32, 32) and float(videos.min()) >= 0 and float(videos.max()) <= 1
     again = sampler.sample(cond, 2, task.mcfg.sampling, seed=0, forced=forced)
     assert torch.equal(videos, again)  # seeded
+
+
+class _Client:
+    """What the class grid logs, kept instead of sent to MLflow."""
+
+    def __init__(self):
+        self.artifacts, self.metrics = [], {}
+
+    def log_artifact(self, run_id: str, path: str, folder: str) -> None:
+        self.artifacts.append((Path(path).name, folder))
+
+    def log_metric(self, run_id: str, key: str, value: float) -> None:
+        self.metrics[key] = value
+
+
+def test_the_class_grid_samples_usam_as_the_sampler_does_and_scores_it(project: Path, tmp_path: Path):
+    task = _task(project)
+    torch.manual_seed(0)
+    model = task.build_model()
+    path = tmp_path / "usam.pt"
+    atomic_torch_save({"model": model.state_dict(), "task": "usam", **task.export_meta()}, path)
+    sampler = Sampler.load(path, None, project)
+    gen = load_generator("usam", task.cfg, Layout(project, project / "data"), path, None)
+    labels, names = task.grid_conditions(1, torch.device("cpu"))
+    expected = sampler.sample(labels, len(names), task.mcfg.sampling, seed=3)
+    assert torch.equal(gen.sample_labels(labels, len(names), seed=3), expected)
+    assert torch.equal(gen.sample(labels["class"], seed=3), expected)
+
+    judge = tmp_path / "frame.pt"
+    torch.manual_seed(0)
+    atomic_torch_save({"model": FrameClassifier(num_classes=len(names), width=8, stages=2).state_dict()}, judge)
+    client, cfg = _Client(), compose([*TINY, "model.sampling.per_class=1", "seed=3"])
+    scores = class_grid(gen, cfg, tmp_path / "samples", client, "run", lambda: Weights(judge, None, "judge"), mp4=False)
+    predicted = classify_frames(expected, judge, None, sampler.meta["normalize"])
+    accuracy = float((predicted == labels["class"]).float().mean())
+    assert scores == {"sample_class_acc": accuracy, "chance": 1 / len(names)}
+    assert client.metrics == {"samples/class_acc": accuracy}
+    assert client.artifacts and all(folder == "samples" for _, folder in client.artifacts)

@@ -21,7 +21,7 @@ Run `usam config schema` for every key, its type and its allowed range.
 """
 
 
-RUN_REF = "MLflow run id or name, or `latest` (the newest finished training run)"
+RUN_REF = "MLflow run id or name, or `latest` (the newest finished training run, in any experiment)"
 TREE_PARAMS = "read this composed config instead of the tree"
 TRACKING_PARAMS = "read the tracking settings from this composed file"
 
@@ -182,13 +182,18 @@ def cmd_sample(args) -> int:
     from usam.artifacts.sampling import Sampler
     from usam.media.panels import write_grid
     from usam.paths import find_project_root, resolve
-    from usam.track import client_for
+    from usam.track import client_for, tracking_uri
+    from usam.track.provenance import redact
+    from usam.track.runs import find_run
 
     cfg = _config(args)
     root = find_project_root()
     client = client_for(cfg, root)
-    run = _find_run(client, cfg, args.run, task="usam")
+    run = find_run(client, args.run, redact(tracking_uri(cfg, root)), task="usam")
     tags = run.data.tags
+    if tags.get("usam.task") != "usam" or "checkpoint.path" not in tags:
+        raise UsamError(f"run {run.info.run_id} is not a finished usam training run", where=f"run {args.run}",
+                        fix="pass the id of a `usam train usam` run (or its stage's run)")
     sampler = Sampler.load(resolve(tags["checkpoint.path"], root), tags.get("checkpoint.sha256"), root)
     sampling = cfg.model.sampling
     changes = {k: v for k, v in (("cfg", args.cfg), ("top_p", args.top_p)) if v is not None}
@@ -212,31 +217,6 @@ def cmd_sample(args) -> int:
     for f in files:
         print(f"  {f}")
     return 0
-
-
-def _find_run(client, cfg, ref: str, task: str):
-    """A run by id, by name, or `latest` (the newest finished run of ``task``)."""
-    from mlflow.exceptions import MlflowException
-
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    ids = [experiment.experiment_id] if experiment else []
-    if ref == "latest":
-        runs = client.search_runs(ids, f"tags.`usam.task` = '{task}' and attributes.status = 'FINISHED'",
-                                  order_by=["attributes.start_time DESC"], max_results=1) if ids else []
-    else:
-        try:
-            runs = [client.get_run(ref)]
-        except MlflowException:
-            runs = client.search_runs(ids, f"attributes.run_name = '{ref}'", order_by=["attributes.start_time DESC"],
-                                      max_results=1) if ids else []
-    if not runs:
-        raise UsamError(f"no {task} run {ref!r} in the tracking store", where=f"experiment {cfg.tracking.experiment!r}",
-                        fix=f"pass a run id or name from `usam ui`, or `latest` after `usam train {task}`")
-    run = runs[0]
-    if run.data.tags.get("usam.task") != task or "checkpoint.path" not in run.data.tags:
-        raise UsamError(f"run {run.info.run_id} is not a finished {task} training run", where=f"run {ref}",
-                        fix=f"pass the id of a `usam train {task}` run (or its stage's run)")
-    return run
 
 
 def _context_video(cfg, root: Path, ref: str):
@@ -392,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  usam sample latest --class 3 --num 16\n"
         "  usam sample <run-id> --text 'digit 7 bouncing fast' --cfg 4 --seed 1\n"
         "  usam sample <run-id> --context test:0 --num 4      # continue a given first frame",
-        run="MLflow run id or name of a `usam train usam` run, or `latest`",
+        run="MLflow run id or name of a `usam train usam` run, or `latest` (the newest finished usam training run, "
+            "in any experiment)",
     )
     sample.add_argument("--class", dest="klass", metavar="NAME", help="class to generate (e.g. 3, or circle)")
     sample.add_argument("--action", metavar="NAME", help="action cue (bouncing_shapes), e.g. left+speed_up")

@@ -1,8 +1,9 @@
 """Generate videos with a trained USAM model: conditions by name, guidance, seeds, context frames.
 
-``Sampler.load`` rebuilds the model and its tokenizer from an exported ``weights.pt`` (both
-checked by sha256); ``generate_videos`` is the one path from bits to pixels, shared by the
-training task's sample grids, the DVC stage and ``usam sample``.
+``rebuild_usam`` is the one way a trained USAM is rebuilt from an exported ``weights.pt``, for
+``Sampler.load`` (which adds its tokenizer, both checked by sha256) and the evaluation's generators;
+``generate_videos`` is the one path from bits to pixels, shared by the training task's sample grids,
+the DVC stages and ``usam sample``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from usam.artifacts.loaders import load_evaluator, load_tokenizer
 from usam.artifacts.weights import load_weights
 from usam.config.schema import SamplingConfig
+from usam.data.dataset import stats_tensors
 from usam.data.text import UNKNOWN_WORD, encode_text, words
 from usam.errors import UsamError
 from usam.models.usam import USAM, USAMConfig
@@ -32,10 +34,16 @@ def generate_videos(model: USAM, tokenizer, normalize: dict, frames: int, cond: 
                           generator=generator, forced=forced)
     model.train(was_training)
     video = tokenizer.decode(bits, model.schedule, frames).float()
-    device = video.device
-    mean = torch.tensor(normalize["mean"], device=device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(normalize["std"], device=device).view(1, -1, 1, 1, 1)
+    mean, std = stats_tensors(normalize, (1, -1, 1, 1, 1), video.device)
     return (video * std + mean).clamp(0, 1)
+
+
+def rebuild_usam(state: dict) -> USAM:
+    """The trained USAM of a loaded weights file, built from the kwargs stored with it rather than from today's
+    config, so a run samples the same wherever it is loaded."""
+    model = USAM(USAMConfig(**state["model_kwargs"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
 
 
 @dataclass
@@ -50,11 +58,9 @@ class Sampler:
         if state.get("task") != "usam":
             raise UsamError(f"{Path(weights).name} holds a {state.get('task')!r} model, not USAM", where=str(weights),
                             fix="pass a run of `usam train usam` (or the `usam` stage)")
-        model = USAM(USAMConfig(**state["model_kwargs"]))
-        model.load_state_dict(state["model"])
         tok = state["tokenizer"]
         tokenizer, tok_meta = load_tokenizer(root / tok["path"], tok["sha256"])
-        return cls(model.eval(), tokenizer, {**state, "frames": tok_meta["frames"]})
+        return cls(rebuild_usam(state), tokenizer, {**state, "frames": tok_meta["frames"]})
 
     def _index(self, kind: str, names: list[str] | None, value: str) -> int:
         if not names:
@@ -107,7 +113,6 @@ def classify_frames(videos: torch.Tensor, weights: Path, sha256: str | None, nor
     """The frame evaluator's class per video (B, 3, T, H, W in [0, 1]): the argmax of its frame logits' mean."""
     net, _ = load_evaluator("frame", weights, sha256)
     b, c, t, h, w = videos.shape
-    mean = torch.tensor(normalize["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(normalize["std"]).view(1, -1, 1, 1)
+    mean, std = stats_tensors(normalize, (1, -1, 1, 1))
     frames = (videos.transpose(1, 2).reshape(b * t, c, h, w) - mean) / std
     return net(frames).view(b, t, -1).mean(1).argmax(-1)

@@ -22,15 +22,18 @@ from usam.seeding import derive_seed
 REPREP = "run `dvc repro preprocess` (or `usam data build`) to (re)create it"
 
 
-def _stats_tensor(stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(stats["mean"], dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(stats["std"], dtype=torch.float32).view(-1, 1, 1)
+def stats_tensors(stats: dict, shape: tuple[int, ...], device: torch.device | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A normalization's per-channel mean and std as float32 tensors viewed as ``shape`` (e.g. ``(1, -1, 1, 1, 1)``
+    for (B, C, T, H, W)), so every (de)normalization of every layer broadcasts the same numbers."""
+    mean = torch.tensor(stats["mean"], dtype=torch.float32, device=device).view(shape)
+    std = torch.tensor(stats["std"], dtype=torch.float32, device=device).view(shape)
     return mean, std
 
 
 def denormalize(video: torch.Tensor, stats: dict) -> torch.Tensor:
     """Undo the normalization of a (..., C, H, W) tensor and clamp to [0, 1] for display."""
-    mean, std = _stats_tensor(stats)
+    mean, std = stats_tensors(stats, (-1, 1, 1))
     return (video * std + mean).clamp(0, 1)
 
 
@@ -59,7 +62,7 @@ class VideoDataset(torch.utils.data.Dataset):
                 where=str(self.split_dir.parent / PREPROCESS_JSON),
                 fix=REPREP,
             ) from None
-        self._mean, self._std = _stats_tensor(self.stats)
+        self._mean, self._std = stats_tensors(self.stats, (-1, 1, 1))
         self.labels = self._load("labels.npy", mmap=False) if labels is None else np.asarray(labels, np.int64)
         videos = self._load("videos.npy", mmap=True)
         if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3 or len(videos) != len(self.labels):

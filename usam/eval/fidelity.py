@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from usam.artifacts.loaders import load_evaluator
 from usam.artifacts.weights import verified_file
+from usam.data.dataset import stats_tensors
 from usam.errors import UsamError
 
 FEATURES, LOGITS = "features", "logits"
@@ -85,7 +86,7 @@ def register_domain_extractor(kind: str, weights: Path, sha256: str | None, norm
     name = f"usam-domain-{kind}-{sha[:16]}"
     if name not in FEATURE_EXTRACTORS_REGISTRY:
         view = (1, -1, 1, 1) if kind == "frame" else (1, -1, 1, 1, 1)
-        _NETS[name] = (net, torch.tensor(normalize["mean"]).view(view), torch.tensor(normalize["std"]).view(view))
+        _NETS[name] = (net, *stats_tensors(normalize, view))
         register_feature_extractor(name, _extractor_class())
     return name
 

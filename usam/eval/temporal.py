@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from usam.data.dataset import stats_tensors
+
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=9, iterations=5, poly_n=5, poly_sigma=1.1, flags=0)
 
 
@@ -77,8 +79,7 @@ def feature_consistency(videos: torch.Tensor, net: torch.nn.Module, normalize: d
     b, c, t, h, w = videos.shape
     if t < 2:
         return torch.ones(b)
-    mean = torch.tensor(normalize["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(normalize["std"]).view(1, -1, 1, 1)
+    mean, std = stats_tensors(normalize, (1, -1, 1, 1))
     frames = (videos.float().cpu().transpose(1, 2).reshape(b * t, c, h, w) - mean) / std
     feats = net.features(frames).view(b, t, -1)
     return F.cosine_similarity(feats[:, 1:], feats[:, :-1], dim=-1).mean(1)

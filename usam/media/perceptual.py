@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from usam.artifacts.loaders import load_evaluator
 from usam.artifacts.weights import load_weights
+from usam.data.dataset import stats_tensors
 from usam.errors import UsamError
 from usam.models.evaluators import FrameClassifier
 
@@ -64,11 +65,12 @@ class DomainDistance(nn.Module):
 
     label = DOMAIN_LABEL
 
-    def __init__(self, classifier: FrameClassifier, mean: list[float], std: list[float]):
+    def __init__(self, classifier: FrameClassifier, stats: dict):
         super().__init__()
         self.net = classifier.requires_grad_(False).eval()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        mean, std = stats_tensors(stats, (1, -1, 1, 1))
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
 
     def train(self, mode: bool = True):
         return super().train(False)  # a frozen judge: never in training mode
@@ -94,4 +96,4 @@ class DomainDistance(nn.Module):
 def load_domain_distance(weights: Path, sha256: str | None, stats: dict) -> DomainDistance:
     """The frame evaluator saved by the ``evaluators`` stage, as a perceptual distance."""
     classifier, _ = load_evaluator("frame", weights, sha256)
-    return DomainDistance(classifier, stats["mean"], stats["std"])
+    return DomainDistance(classifier, stats)

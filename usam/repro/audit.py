@@ -18,8 +18,6 @@ import ast
 import contextlib
 import json
 import os
-import re
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,10 +28,13 @@ from typing import Any
 import yaml
 
 from usam.config import Config, config_hash, flatten, load_params, to_dict, train_section
-from usam.errors import UsamError
+from usam.errors import UsamError, first_line
 from usam.paths import resolve
-from usam.repro.environment import BOOTSTRAP, PROJECT, _same_version, read_lock
+from usam.repro.environment import BOOTSTRAP, PROJECT, read_lock, same_version
 from usam.track import client_for, provenance, tracking_uri
+from usam.track.provenance import git
+from usam.track.run import tag_path
+from usam.track.runs import find_run
 from usam.train import with_dataset
 from usam.train.replay import evaluate_weights, short_run
 
@@ -107,30 +108,7 @@ class RunRecord:
         return self.run.data.params
 
 
-# ---- finding the run and its artifacts ---------------------------------------------------------------------------
-
-
-def find_run(client, ref: str, where: str):
-    """A run by id, by name (newest first), or ``latest``: the newest finished training run, in any experiment."""
-    from mlflow.exceptions import MlflowException
-
-    ids = [e.experiment_id for e in client.search_experiments()]
-    if ref == "latest":
-        query = "tags.`usam.task` != '' and attributes.status = 'FINISHED'"
-    else:
-        try:
-            return client.get_run(ref)
-        except MlflowException:
-            query = "attributes.run_name = '{}'".format(ref.replace("'", "\\'"))
-    runs = client.search_runs(ids, query, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
-    if not runs:
-        raise UsamError(
-            f"no run {ref!r} in the tracking store",
-            where=where,
-            fix="pass a run id or name from `usam ui` (or `latest`); for a run recorded in another store, "
-            "point at it, e.g. `usam audit RUN tracking.uri=sqlite:////path/to/mlflow.db`",
-        )
-    return runs[0]
+# ---- the run's artifacts -----------------------------------------------------------------------------------------
 
 
 def load_record(client, run) -> RunRecord:
@@ -141,13 +119,13 @@ def load_record(client, run) -> RunRecord:
             try:
                 path = Path(client.download_artifacts(run.info.run_id, name, tmp))
             except Exception as exc:  # missing artifact, unreachable artifact store
-                record.unavailable[name] = f"artifact {name} cannot be read: {_first_line(exc)}"
+                record.unavailable[name] = f"artifact {name} cannot be read: {first_line(exc)}"
                 continue
             if name == "provenance.json":
                 try:
                     record.provenance = json.loads(path.read_text())
                 except ValueError as exc:
-                    record.unavailable[name] = f"provenance.json is not valid JSON: {_first_line(exc)}"
+                    record.unavailable[name] = f"provenance.json is not valid JSON: {first_line(exc)}"
             else:
                 try:
                     record.config = load_params(path)
@@ -181,12 +159,12 @@ def check_code(record: RunRecord, root: Path) -> Check:
     commit = record.tags.get("git.commit", "unknown")
     if commit == "unknown":
         return Check("code", FAIL, "tag git.commit is not recorded: the run did not start inside a git repository")
-    if _git(root, "rev-parse", "--git-dir") is None:
+    if git(root, "rev-parse", "--git-dir") is None:
         return Check("code", WARN, f"git.commit {commit[:12]} recorded, but {root} is not a git repository to look it up in")
-    if _git(root, "cat-file", "-e", f"{commit}^{{commit}}") is None:
+    if git(root, "cat-file", "-e", f"{commit}^{{commit}}") is None:
         return Check("code", FAIL, f"commit {commit[:12]} (tag git.commit) does not exist in the repository at {root}: "
                                    "history was rewritten, or the run comes from another project")
-    head = _git(root, "rev-parse", "HEAD")
+    head = git(root, "rev-parse", "HEAD")
     now = "" if head == commit else f"; HEAD is now {head[:12]}" if head else ""
     dirty = record.tags.get("git.dirty")
     if dirty == "false":
@@ -237,7 +215,7 @@ def check_data(record: RunRecord, root: Path) -> Check:
     recorded = _consumed(recorded, record, root)
     if not recorded:
         return Check("data", WARN, "none of the recorded DVC outputs is an input of the run's stage")
-    lock = {_tag_path(path): (path, md5) for stage in provenance.dvc_lock_entries(root)["stages"].values()
+    lock = {tag_path(path): (path, md5) for stage in provenance.dvc_lock_entries(root)["stages"].values()
             for path, md5 in stage["outs"].items()}
     present = {key: lock[key][0] for key in recorded if key in lock}
     workspace, note = _workspace_hashes(root, sorted(present.values()))
@@ -262,13 +240,13 @@ def check_data(record: RunRecord, root: Path) -> Check:
                      details=tuple(warns[SHOWN:]))
     some = next(iter(sorted(present.values())))
     return Check("data", PASS, f"all {len(recorded)} recorded DVC outputs equal dvc.lock and the workspace "
-                               f"(e.g. {some} {_short(recorded[_tag_path(some)])})")
+                               f"(e.g. {some} {_short(recorded[tag_path(some)])})")
 
 
 def _consumed(recorded: dict[str, str], record: RunRecord, root: Path) -> dict[str, str]:
     """The recorded outs the run read: those inside (or holding) a dependency of the dvc.lock stage that ran
     its command; for a run made outside the pipeline, the outs under the data root."""
-    script = _pipeline_stage(record.tags.get("usam.command", ""), root)
+    script = pipeline_stage(record.tags.get("usam.command", ""), root)
     deps = None
     if script:
         module, _, args = record.tags["usam.command"].partition(" ")
@@ -279,17 +257,12 @@ def _consumed(recorded: dict[str, str], record: RunRecord, root: Path) -> dict[s
             stages = {}
         for entry in stages.values():
             if str(entry.get("cmd", "")).endswith(wanted):
-                deps = [_tag_path(d["path"]) for d in entry.get("deps", [])]
+                deps = [tag_path(d["path"]) for d in entry.get("deps", [])]
     if deps is None:
         data_root = (record.params.get("data.root") or "data").rstrip("/")
-        deps = [_tag_path(data_root)]
+        deps = [tag_path(data_root)]
     return {key: md5 for key, md5 in recorded.items()
             if any(key == d or key.startswith(d + "/") or d.startswith(key + "/") for d in deps)}
-
-
-def _tag_path(path: str) -> str:
-    """An out path as it appears in a ``dvc.out.<path>`` tag (the same substitution as usam.track.run)."""
-    return re.sub(r"[^\w\-./: ]", "_", path)
 
 
 def _workspace_hashes(root: Path, paths: list[str]) -> tuple[dict[str, tuple[str, list[str]] | None] | None, str]:
@@ -313,7 +286,7 @@ def _workspace_hashes(root: Path, paths: list[str]) -> tuple[dict[str, tuple[str
                 hashes[path] = (current, changes)
             return hashes, ""
     except Exception as exc:  # not a DVC repository, a dvc.yaml DVC cannot read
-        return None, f"the workspace was not hashed ({type(exc).__name__}: {_first_line(exc)})"
+        return None, f"the workspace was not hashed ({type(exc).__name__}: {first_line(exc)})"
 
 
 def _changed_files(out) -> list[str]:
@@ -348,7 +321,7 @@ def check_params(record: RunRecord, root: Path) -> Check:
         return Check("params", FAIL, f"config.yaml re-composes to hash {_short(rehashed)}, the run recorded "
                                      f"{_short(recorded)}" + (f"; it differs from the run's params at {diff[0]}" if diff else ""),
                      details=tuple(diff))
-    stage = _pipeline_stage(record.tags.get("usam.command", ""), root)
+    stage = pipeline_stage(record.tags.get("usam.command", ""), root)
     if stage is None:
         return Check("params", PASS, f"config.yaml re-composes to the recorded hash {_short(recorded)} "
                                      f"(usam.command: {record.tags.get('usam.command', 'not recorded')})")
@@ -366,7 +339,7 @@ def check_params(record: RunRecord, root: Path) -> Check:
                                  f"still gives the same config (the run came from the pipeline stage {stage})")
 
 
-def _pipeline_stage(command: str, root: Path) -> str | None:
+def pipeline_stage(command: str, root: Path) -> str | None:
     """``pipelines/<name>.py`` when the run's command is a DVC stage script (``usam.py moving_digits``)."""
     first = command.split(" ", 1)[0]
     if first.endswith(".py") and (root / "pipelines" / first).is_file():
@@ -425,7 +398,7 @@ def _callee(func: ast.expr) -> str | None:
 
 def _python_files(root: Path) -> list[Path]:
     """The project's Python files but its tests: tracked or not ignored by git; outside git, all but hidden folders."""
-    listed = _git(root, "ls-files", "--cached", "--others", "--exclude-standard", "--", "*.py")
+    listed = git(root, "ls-files", "--cached", "--others", "--exclude-standard", "--", "*.py")
     if listed is not None:
         files = [root / line for line in listed.splitlines() if line]
     else:
@@ -485,7 +458,7 @@ def _version_diff(a: dict[str, str], b: dict[str, str], a_name: str, b_name: str
         have_a, have_b = a.get(name), b.get(name)
         if name == PROJECT or (name in BOOTSTRAP and None in (have_a, have_b)):
             continue
-        if have_a is None or have_b is None or not _same_version(have_a, have_b):
+        if have_a is None or have_b is None or not same_version(have_a, have_b):
             lines.append(f"{name}: {a_name} {have_a or 'absent'}, {b_name} {have_b or 'absent'}")
     return lines
 
@@ -693,13 +666,7 @@ def audit(ref: str, cfg: Config, root: Path, *, replay: bool = True) -> Report:
     root = Path(root).resolve()
     uri = provenance.redact(tracking_uri(cfg, root))
     client = client_for(cfg, root)
-    try:
-        run = find_run(client, ref, uri)
-    except UsamError:
-        raise
-    except Exception as exc:
-        raise UsamError(f"cannot read the MLflow tracking store: {_first_line(exc)}", where=uri,
-                        fix="check tracking.uri (and that the server is up)") from None
+    run = find_run(client, ref, uri)
     record = load_record(client, run)
     experiment = client.get_experiment(run.info.experiment_id)
     return Report(
@@ -717,19 +684,10 @@ def _guarded(name: str, fn: Callable[[RunRecord, Path], Check], record: RunRecor
     try:
         return fn(record, root)
     except Exception as exc:
-        return Check(name, WARN, f"could not be checked: {type(exc).__name__}: {_first_line(exc)}")
+        return Check(name, WARN, f"could not be checked: {type(exc).__name__}: {first_line(exc)}")
 
 
 # ---- small helpers ---------------------------------------------------------------------------------------------------
-
-
-def _git(root: Path, *args: str) -> str | None:
-    """stdout of ``git args`` in ``root``, or None when git fails or is missing."""
-    try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _short(digest: str) -> str:
@@ -742,8 +700,3 @@ def _listing(items: list[str]) -> str:
 
 def _more(items: list) -> str:
     return f" (and {len(items) - SHOWN} more)" if len(items) > SHOWN else ""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

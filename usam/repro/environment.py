@@ -106,12 +106,12 @@ def compare(locked: dict[str, str], installed: dict[str, str]) -> list[Drift]:
             drifts.append(Drift(name, "missing", want, None))
         elif want is None:
             drifts.append(Drift(name, "extra", None, have))
-        elif not _same_version(want, have):
+        elif not same_version(want, have):
             drifts.append(Drift(name, "version", want, have))
     return drifts
 
 
-def _same_version(a: str, b: str) -> bool:
+def same_version(a: str, b: str) -> bool:
     """PEP 440 equality (1.0 == 1.0.0); plain string equality for non-PEP 440 versions."""
     from packaging.version import InvalidVersion, Version
 

@@ -21,10 +21,11 @@ import yaml
 
 from usam.config import Config, config_hash, load_params, to_yaml
 from usam.errors import UsamError
-from usam.repro.audit import RunRecord, _pipeline_stage, _tag_path, audit
+from usam.repro.audit import RunRecord, audit, pipeline_stage
 from usam.repro.render import render
 from usam.repro.replicate import open_record, original_weights, recorded_commit
 from usam.track import provenance
+from usam.track.run import tag_path
 from usam.train import with_dataset
 
 WEIGHTS = "checkpoint/weights.pt"
@@ -122,7 +123,7 @@ def write_params(record: RunRecord, root: Path, commit: str, path: Path) -> str 
     Returns why none was written, or None when it was.
     """
 
-    if _pipeline_stage(record.tags.get("usam.command", ""), root) is None:
+    if pipeline_stage(record.tags.get("usam.command", ""), root) is None:
         return "the run did not come from a pipeline stage"
     workspace = root / "params.yaml"
     for text in (show(root, commit, "params.yaml"), workspace.read_text() if workspace.is_file() else None):
@@ -149,13 +150,13 @@ def data_manifest(record: RunRecord, root: Path) -> dict[str, Any]:
     outs, entries = {}, {}
     for name, stage in stages.items():
         for out in stage.get("outs", []):
-            key = _tag_path(out["path"])
+            key = tag_path(out["path"])
             if key in recorded:
                 md5 = out.get("md5")
                 outs[out["path"]] = {"md5": recorded[key], "stage": name, "dvc_lock_md5": md5,
                                      "matches": md5 == recorded[key]}
                 entries[name] = stage
-    missing = sorted(k for k in recorded if k not in {_tag_path(p) for p in outs})
+    missing = sorted(k for k in recorded if k not in {tag_path(p) for p in outs})
     return {"dvc_lock_sha256": record.tags.get("dvc.lock_sha256"), "outs": outs,
             "not_in_dvc_lock": {k: recorded[k] for k in missing}, "dvc_lock_stages": entries}
 

@@ -33,20 +33,13 @@ from typing import Any
 
 from usam.artifacts.weights import load_weights
 from usam.config import Config, config_hash, flatten, to_dict, to_yaml, train_section
-from usam.errors import UsamError
+from usam.errors import UsamError, first_line
 from usam.paths import resolve
-from usam.repro.audit import (
-    FAIL,
-    Report,
-    RunRecord,
-    _first_line,
-    _tag_path,
-    audit,
-    find_run,
-    load_record,
-)
-from usam.repro.audit import _git as git
+from usam.repro.audit import FAIL, Report, RunRecord, audit, load_record
 from usam.track import artifact_root, client_for, provenance, tracking_uri
+from usam.track.provenance import git
+from usam.track.run import tag_path
+from usam.track.runs import find_run
 
 EXACT, WITHIN, DIFFERS = "exact", "within tolerance", "differs"
 VOLATILE = ("seconds", "per_s", "memory")  # metrics that measure the machine, not the model
@@ -141,14 +134,8 @@ def open_record(ref: str, cfg: Config, root: Path, what: str) -> tuple[RunRecord
 
     uri = provenance.redact(tracking_uri(cfg, root))
     client = client_for(cfg, root)
-    try:
-        run = find_run(client, ref, uri)
-        record = load_record(client, run)
-    except UsamError:
-        raise
-    except Exception as exc:  # an unreadable store
-        raise UsamError(f"cannot read the MLflow tracking store: {_first_line(exc)}", where=uri,
-                        fix="check tracking.uri (and that the server is up)") from None
+    run = find_run(client, ref, uri)
+    record = load_record(client, run)
     run_id = run.info.run_id
     if "usam.task" not in record.tags or "checkpoint.sha256" not in record.tags:
         raise UsamError(f"run {run_id} is not a finished training run (no usam.task / checkpoint.sha256 tag)",
@@ -209,7 +196,7 @@ def link_outputs(record: RunRecord, root: Path, tree: Path, data_root: Path) -> 
     for stage in provenance.dvc_lock_entries(root)["stages"].values():
         for path in stage["outs"]:
             source, target = root / path, tree / path
-            if _tag_path(path) not in recorded or not source.exists() or target.exists() or source.is_relative_to(data_root):
+            if tag_path(path) not in recorded or not source.exists() or target.exists() or source.is_relative_to(data_root):
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(source.resolve(), target_is_directory=source.is_dir())
@@ -295,7 +282,7 @@ def original_weights(record: RunRecord, root: Path, folder: Path) -> Path:
     try:
         path = Path(record.client.download_artifacts(run_id, f"checkpoints/{local.name}", str(folder)))
     except Exception as exc:
-        raise UsamError(f"the original weights cannot be found: {_first_line(exc)}", where=f"{local} and run {run_id}'s "
+        raise UsamError(f"the original weights cannot be found: {first_line(exc)}", where=f"{local} and run {run_id}'s "
                         "artifacts", fix="restore the weights file (`dvc checkout`) or the run's artifacts") from None
     if provenance.sha256_file(path) != expected:
         raise UsamError(f"the original weights do not match checkpoint.sha256 {expected[:12]}", where=str(path),

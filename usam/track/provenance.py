@@ -52,9 +52,11 @@ def redact(text: str) -> str:
 
 
 
-def _git(root: Path, *args: str) -> str | None:
+def git(root: Path, *args: str) -> str | None:
+    """stdout of ``git args`` in ``root``, or None when git fails or is missing: callers decide what a
+    missing answer means (an unrecorded commit, a check that cannot run)."""
     try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -62,16 +64,16 @@ def _git(root: Path, *args: str) -> str | None:
 
 def git_state(root: Path) -> dict[str, Any]:
     """Commit, branch, dirty flag and the dirty paths (capped) of the repository at ``root``."""
-    commit = _git(root, "rev-parse", "HEAD")
+    commit = git(root, "rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None, "branch": None, "dirty_files": [], "remote": None}
     # Tracked paths with uncommitted changes, staged or not (NUL-separated: no quoting, no status column).
-    changed = _git(root, "diff", "--name-only", "-z", "HEAD") or ""
+    changed = git(root, "diff", "--name-only", "-z", "HEAD") or ""
     dirty_files = [path for path in changed.split("\0") if path]
-    remote = _git(root, "config", "--get", "remote.origin.url")
+    remote = git(root, "config", "--get", "remote.origin.url")
     return {
         "commit": commit,
-        "branch": _git(root, "rev-parse", "--abbrev-ref", "HEAD"),
+        "branch": git(root, "rev-parse", "--abbrev-ref", "HEAD"),
         "dirty": bool(dirty_files),
         "dirty_files": dirty_files[:100],
         "remote": redact(remote) if remote else None,

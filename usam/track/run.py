@@ -164,8 +164,13 @@ def _provenance_tags(prov: dict[str, Any], cfg: Config, stage: str) -> dict[str,
     tags.update({f"seed.{k}": v for k, v in prov["seeds"].items()})
     for entry in dvc["stages"].values():  # an out belongs to exactly one stage, so its path is the key
         for path, md5 in entry["outs"].items():
-            tags["dvc.out." + re.sub(r"[^\w\-./: ]", "_", path)] = md5
+            tags["dvc.out." + tag_path(path)] = md5
     return tags
+
+
+def tag_path(path: str) -> str:
+    """A DVC out path as it appears in its ``dvc.out.<path>`` tag (MLflow tag keys allow only these characters)."""
+    return re.sub(r"[^\w\-./: ]", "_", path)
 
 
 @contextlib.contextmanager

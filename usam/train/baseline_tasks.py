@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from usam.config.schema import TrainConfig
 from usam.data import VideoDataset
+from usam.data.dataset import stats_tensors
 from usam.models.baselines import LatentDiffusion, MaskGIT, VideoGAN
 from usam.models.raster_ar import RasterAR
 from usam.models.tokenizer import latent_frames
@@ -33,8 +34,7 @@ def batch_size(batch: dict) -> int:
 
 
 def _unit(video: torch.Tensor, normalize: dict) -> torch.Tensor:
-    mean = torch.tensor(normalize["mean"], device=video.device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(normalize["std"], device=video.device).view(1, -1, 1, 1, 1)
+    mean, std = stats_tensors(normalize, (1, -1, 1, 1, 1), video.device)
     return (video.float() * std + mean).clamp(0, 1)
 
 

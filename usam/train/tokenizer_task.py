@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from usam.artifacts.layout import Weights
 from usam.config.schema import Config, TokenizerConfig, TrainConfig
 from usam.data import VideoDataset
+from usam.data.dataset import stats_tensors
 from usam.errors import ConfigError, UsamError
 from usam.media import video_metrics as vm
 from usam.media.panels import save_gif, save_png, side_by_side_frames, strip_grid
@@ -140,8 +141,7 @@ class TokenizerTask(Task):
 
     def _unit(self, video: torch.Tensor) -> torch.Tensor:
         """Normalized (B, C, T, H, W) -> pixel values (0..1 for real frames; not clamped, so gradients flow)."""
-        mean = torch.tensor(self.stats["mean"], device=video.device).view(1, -1, 1, 1, 1)
-        std = torch.tensor(self.stats["std"], device=video.device).view(1, -1, 1, 1, 1)
+        mean, std = stats_tensors(self.stats, (1, -1, 1, 1, 1), video.device)
         return video.float() * std + mean
 
     def _corrupt(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

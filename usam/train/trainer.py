@@ -21,7 +21,7 @@ from pathlib import Path
 
 from usam.artifacts.layout import Inputs, Layout
 from usam.config import Config, to_dict
-from usam.errors import Interrupted, UsamError
+from usam.errors import Interrupted, UsamError, first_line
 from usam.models import parameter_count
 from usam.paths import find_project_root, resolve
 from usam.track import client_for, tracked_run, tracking_uri
@@ -176,7 +176,7 @@ def fit(
             if launcher.in_process:  # no worker log to read: the traceback goes to this process's log (the trial's error file)
                 traceback.print_exc()
             raise UsamError(
-                f"training failed after {launcher.restarts} restart(s): {_first_line(exc)}", where=where,
+                f"training failed after {launcher.restarts} restart(s): {first_line(exc)}", where=where,
                 fix=f"read the worker log above; continue from the last checkpoint with {resume_hint}",
             ) from None
         seconds = time.perf_counter() - start
@@ -207,11 +207,6 @@ def _check_inputs(task: Task, cfg: Config) -> None:
             where=f"{task.name} on {cfg.data.name}",
             fix="lower the batch size, accumulation or worker count, or build more videos (data.num_videos.train)",
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _export_final(checkpoint, out_dir: Path, task: Task) -> tuple[Path, str, int]:

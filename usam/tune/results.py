@@ -58,7 +58,7 @@ def trial_table(study, spec, grid, client) -> pd.DataFrame:
             "duration_s": metrics.get("time_total_s"),
             "train_s": metrics.get("train_seconds"),  # the training itself (data, model, loop); the rest is overhead
             "mlflow_run_id": run.info.run_id if run is not None else metrics.get("mlflow_run_id"),
-            "error": _first_line(result.error) if result.error is not None else "",
+            "error": _trial_error(result.error) if result.error is not None else "",
         })
         if run is not None and status != "completed" and "usam.trial.outcome" not in run.data.tags:
             client.set_tag(run.info.run_id, "usam.trial.outcome", status)
@@ -78,7 +78,7 @@ def _best(result, metric: str, mode: str) -> float | None:
     return float(values.min() if mode == "min" else values.max())
 
 
-def _first_line(error) -> str:
+def _trial_error(error) -> str:
     """The trial's own error message out of Ray's wrapping (its traceback, then ``Type: message``)."""
     import re
 

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from usam.artifacts.layout import Inputs, Layout
-from usam.artifacts.sampling import classify_frames
 from usam.config import TRAIN_SECTIONS, Config, compose, train_section
 from usam.errors import UsamError
+from usam.eval.class_grid import class_grid
 from usam.eval.generators import load_generator
-from usam.media.panels import write_grid
 from usam.paths import find_project_root, resolve
 from usam.track import client_for, tracked_run, tracking_uri
 from usam.track.run import artifact_root
@@ -294,7 +293,8 @@ def trial_overrides(kind: str, seed: int, cell: dict | None = None, point: dict 
 
 
 def _find_study(client, cfg: Config, kind: str, spec_path: Path, which: str) -> tuple[str, str]:
-    """(study name, parent run id) of the study to resume: by parent run id, by study name, or ``latest``."""
+    """(study name, parent run id) of the study to resume: by parent run id, by study name, or ``latest``: the
+    newest study of ``spec_path`` (a study's parent run; training runs are found by usam.track.runs.find_run)."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
@@ -394,22 +394,9 @@ def _sample_scores(s: Study, cfg: Config, result, layout: Layout, inputs: Inputs
     the dataset's frame evaluator assigns to the class they were generated for."""
     import tempfile
 
-    import torch
-
-
     name = cfg.data.name
     generator = load_generator(s.task, cfg, layout, result.weights_path, result.weights_sha256, inputs)
-    per = cfg.model.sampling.per_class
-    cond, names = generator.task.grid_conditions(per, torch.device("cpu"))
-    classes = cond.get("class", torch.zeros(len(names) * per, dtype=torch.long))
-    videos = generator.sample(classes, cfg.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        for path in write_grid(videos, Path(tmp), "samples"):
-            client.log_artifact(result.run_id, str(path), "samples")
-    if "class" not in cond:
-        return {}
-    frame = layout.evaluator_weights(name, "frame")
-    predicted = classify_frames(videos, frame.path, frame.sha256, generator.task.normalize)
-    accuracy = float((predicted == classes).float().mean())
-    client.log_metric(result.run_id, "samples/class_acc", accuracy)
-    return {"sample_class_acc": accuracy}
+        scores = class_grid(generator, cfg, Path(tmp), client, result.run_id,
+                            lambda: layout.evaluator_weights(name, "frame"), mp4=False)
+    return {key: value for key, value in scores.items() if key == "sample_class_acc"}  # chance: the same in every trial
