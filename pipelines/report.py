@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from usam.artifacts.layout import Layout
 from usam.config import load_params
 from usam.errors import main_guard
 from usam.paths import find_project_root
@@ -11,7 +12,8 @@ from usam.report.paper import write
 @main_guard
 def main(argv: list[str] | None = None) -> None:
     root = find_project_root()
-    for path in write(root, load_params(root / "params.yaml")):
+    cfg = load_params(root / "params.yaml")
+    for path in write(Layout.of(cfg, root), cfg):
         print(f"report: {path.relative_to(root)}")
 
 

@@ -166,11 +166,12 @@ def cmd_study(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from usam.artifacts.layout import Layout
     from usam.paths import find_project_root
     from usam.report.paper import write
 
-    root = find_project_root()
-    for path in write(root, _config(args), audit_runs=not args.no_audit):
+    cfg = _config(args)
+    for path in write(Layout.of(cfg, find_project_root()), cfg, audit_runs=not args.no_audit):
         print(f"wrote {path}")
     return 0
 
@@ -179,6 +180,7 @@ def cmd_sample(args) -> int:
     import dataclasses
     import time
 
+    from usam.artifacts.layout import Layout
     from usam.artifacts.sampling import Sampler
     from usam.media.panels import write_grid
     from usam.paths import find_project_root, resolve
@@ -207,7 +209,7 @@ def cmd_sample(args) -> int:
     for note in notes:
         print(f"note: {note}")
     videos = sampler.sample(cond, args.num, sampling, args.seed, forced)
-    out = args.out or root / "outputs" / "samples" / run.info.run_id / time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or Layout.of(cfg, root).outputs("samples", run.info.run_id, time.strftime("%Y%m%d-%H%M%S"))
     files = write_grid(videos, Path(out), "samples", mp4=True)
     for f in files:
         client.log_artifact(run.info.run_id, str(f), f"samples/{Path(out).name}")

@@ -102,8 +102,16 @@ class Layout:
     def metrics(self) -> Path:
         return self.root / "metrics"
 
+    def models(self) -> Path:
+        """Every trained model's folder (evaluators, tokenizers, USAM, baselines)."""
+        return self.root / "models"
+
     def reports(self) -> Path:
         return self.root / "reports"
+
+    def outputs(self, *parts: str) -> Path:
+        """Work no DVC stage owns: sweep and ablation studies, ``usam sample`` grids, replicas, Ray's storage."""
+        return self.root.joinpath("outputs", *parts)
 
     # ---- what a stage recorded -------------------------------------------------------------------------------
 

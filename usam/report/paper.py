@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from usam.artifacts.layout import Layout
 from usam.report.markup import html_table
 from usam.repro.audit import audit
 
@@ -38,9 +39,9 @@ class Section:
 # ---- sections -----------------------------------------------------------------------------------------------------
 
 
-def comparison(root: Path) -> Section:
+def comparison(layout: Layout) -> Section:
     section = Section("USAM against the baselines")
-    path = root / "reports" / "comparison.csv"
+    path = layout.reports() / "comparison.csv"
     if not path.is_file():
         section.markdown.append("No comparison table yet: run `dvc repro table`.")
         return section
@@ -54,15 +55,15 @@ def comparison(root: Path) -> Section:
     return section
 
 
-def samples(root: Path) -> Section:
+def samples(layout: Layout) -> Section:
     section = Section("Samples")
-    for grid in sorted((root / "models").glob("**/samples/samples.png")):
-        name = "/".join(grid.relative_to(root / "models").parts[:-2])
+    for grid in sorted(layout.models().glob("**/samples/samples.png")):
+        name = "/".join(grid.relative_to(layout.models()).parts[:-2])
         section.images.append((f"{name}: one row per class", grid.read_bytes(), "image/png"))
         gif = grid.with_suffix(".gif")
         if gif.is_file():
             section.images.append((f"{name}: animated", gif.read_bytes(), "image/gif"))
-    for strip in sorted((root / "eval").glob("*/*/samples_vs_real.png")):
+    for strip in sorted(layout.eval().glob("*/*/samples_vs_real.png")):
         section.images.append((f"{strip.parent.parent.name}/{strip.parent.name}: samples vs real", strip.read_bytes(),
                                "image/png"))
     if not section.images:
@@ -70,9 +71,9 @@ def samples(root: Path) -> Section:
     return section
 
 
-def curves(root: Path) -> Section:
+def curves(layout: Layout) -> Section:
     section = Section("Training curves")
-    files = sorted((root / "reports" / "curves").glob("*.csv"))
+    files = sorted((layout.reports() / "curves").glob("*.csv"))
     if not files:
         section.markdown.append("No training curves yet: run `dvc repro table`.")
         return section
@@ -94,28 +95,28 @@ def curves(root: Path) -> Section:
     return section
 
 
-def datasets(root: Path, names: list[str]) -> Section:
+def datasets(layout: Layout, names: list[str]) -> Section:
     section = Section("Datasets")
     for name in names:
-        card = root / "data" / "raw" / name / "CARD.md"
+        card = layout.raw(name) / "CARD.md"
         section.markdown += [_demote(card.read_text().strip()) if card.is_file() else f"`{name}`: no card (run `dvc repro`).", ""]
     return section
 
 
-def searches(root: Path) -> Section:
+def searches(layout: Layout) -> Section:
     """The shipped search spaces, and every study run in this project."""
     section = Section("Hyperparameter searches and ablations")
-    for spec in sorted((root / "sweeps").glob("*.yaml")):
+    for spec in sorted((layout.root / "sweeps").glob("*.yaml")):
         body = yaml.safe_load(spec.read_text()) or {}
         space = ", ".join(f"`{k}` {_range(v)}" for k, v in (body.get("space") or {}).items())
         section.markdown.append(f"- `sweeps/{spec.name}` ({body.get('task')}): {space}; searcher "
                                 f"{body.get('searcher', 'random')}, scheduler {(body.get('scheduler') or {}).get('name', 'none')}, "
                                 f"{body.get('trials')} trials, seeds {body.get('seeds', [0])}, metric {body.get('metric', 'val_loss')}")
-    for spec in sorted((root / "ablations").glob("*.yaml")):
+    for spec in sorted((layout.root / "ablations").glob("*.yaml")):
         body = yaml.safe_load(spec.read_text()) or {}
         section.markdown.append(f"- `ablations/{spec.name}` ({body.get('task')}): {len(body.get('variants') or {})} variants "
                                 f"x datasets {body.get('datasets')} x seeds {body.get('seeds')}, metric {body.get('metric')}")
-    studies = sorted(p for p in (root / "outputs" / "studies").glob("*/trials.csv"))
+    studies = sorted(p for p in layout.outputs("studies").glob("*/trials.csv"))
     section.markdown.append("")
     if not studies:
         section.markdown.append("No sweep or ablation has been run in this project yet (`usam sweep sweeps/lr_wd.yaml`, "
@@ -151,16 +152,16 @@ CHECKLIST = [
 ]
 
 
-def reproducibility(root: Path, cfg, audit_runs: bool = True) -> Section:
+def reproducibility(layout: Layout, cfg, audit_runs: bool = True) -> Section:
     """The audit of every model's training run (from the stage metrics), as a run x check matrix."""
     section = Section("Reproducibility checklist")
-    runs = _model_runs(root)
+    runs = _model_runs(layout)
     verdicts: dict[str, dict[str, str]] = {}
     if audit_runs:
 
         for label, run_id in runs.items():
             try:
-                report = audit(run_id, cfg, root, replay=False)  # replays cost minutes per generator run
+                report = audit(run_id, cfg, layout.root, replay=False)  # replays cost minutes per generator run
             except Exception as exc:  # a run the store no longer has: say so in its row
                 verdicts[label] = {"overall": f"not audited ({type(exc).__name__})"}
                 continue
@@ -181,18 +182,18 @@ def reproducibility(root: Path, cfg, audit_runs: bool = True) -> Section:
     return section
 
 
-def _model_runs(root: Path) -> dict[str, str]:
+def _model_runs(layout: Layout) -> dict[str, str]:
     """label -> MLflow run id of every training stage's run, read from the stage metrics files."""
     runs = {}
-    for path in sorted((root / "metrics").glob("**/*.json")):
-        if path.relative_to(root / "metrics").parts[0] == "eval":  # scores, not training runs
+    for path in sorted(layout.metrics().glob("**/*.json")):
+        if path.relative_to(layout.metrics()).parts[0] == "eval":  # scores, not training runs
             continue
         try:
             record = json.loads(path.read_text())
         except ValueError:
             continue
         for key, value in _run_ids(record):
-            label = str(path.relative_to(root / "metrics").with_suffix("")) + (f"/{key}" if key else "")
+            label = str(path.relative_to(layout.metrics()).with_suffix("")) + (f"/{key}" if key else "")
             runs[label] = value
     return runs
 
@@ -206,15 +207,15 @@ def _run_ids(record: dict) -> list[tuple[str, str]]:
 # ---- writing ------------------------------------------------------------------------------------------------------
 
 
-def build(root: Path, cfg, *, audit_runs: bool = True) -> list[Section]:
-    return [comparison(root), samples(root), curves(root), datasets(root, list(cfg.data.build)), searches(root),
-            reproducibility(root, cfg, audit_runs)]
+def build(layout: Layout, cfg, *, audit_runs: bool = True) -> list[Section]:
+    return [comparison(layout), samples(layout), curves(layout), datasets(layout, list(cfg.data.build)),
+            searches(layout), reproducibility(layout, cfg, audit_runs)]
 
 
-def write(root: Path, cfg, *, audit_runs: bool = True) -> tuple[Path, Path]:
+def write(layout: Layout, cfg, *, audit_runs: bool = True) -> tuple[Path, Path]:
     """reports/paper.md (pictures as files beside it in reports/paper_files/) and reports/paper.html."""
-    sections = build(root, cfg, audit_runs=audit_runs)
-    out = root / "reports"
+    sections = build(layout, cfg, audit_runs=audit_runs)
+    out = layout.reports()
     files = out / "paper_files"
     files.mkdir(parents=True, exist_ok=True)
     md = ["# USAM Lab: the paper report", "",

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import html
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from usam.artifacts.layout import Layout
 from usam.errors import UsamError
 from usam.track import client_for, tracked_run
 
@@ -40,12 +40,12 @@ COLUMNS = [  # (metric key, column title, decimals)
 ]
 
 
-def load_records(root: Path) -> list[dict]:
+def load_records(layout: Layout) -> list[dict]:
     records = []
-    for path in sorted((root / "metrics" / "eval").glob("*/*.json")):
+    for path in sorted(layout.eval_metrics().glob("*/*.json")):
         records.append(_derived(json.loads(path.read_text())))
     if not records:
-        raise UsamError("no evaluation records", where=str(root / "metrics" / "eval"), fix="run `dvc repro evaluate`")
+        raise UsamError("no evaluation records", where=str(layout.eval_metrics()), fix="run `dvc repro evaluate`")
     return records
 
 
@@ -166,14 +166,15 @@ th{{background:#f0f3f8}} tr.floor td{{color:#666;font-style:italic}} tr:hover td
 """
 
 
-def write(root: Path, cfg) -> str:
-    """Build the table from the records under ``root`` and write reports/ (and the MLflow run); returns the Markdown."""
+def write(layout: Layout, cfg) -> str:
+    """Build the table from the records of ``layout`` and write its reports (and the MLflow run); returns the Markdown."""
+    root = layout.root
     client = client_for(cfg, root) if cfg.tracking.enabled else None
-    records = load_records(root)
+    records = load_records(layout)
     if client is not None:
         records += run_records(client, cfg.tracking.experiment, records)
     table = build_table(records, client)
-    out = root / "reports"
+    out = layout.reports()
     out.mkdir(exist_ok=True)
     table.to_csv(out / "comparison.csv", index=False)
     md = to_markdown(table)
@@ -184,7 +185,7 @@ def write(root: Path, cfg) -> str:
     bars.to_csv(out / "comparison_bars.csv", index=False)
     curves = out / "curves"
     curves.mkdir(exist_ok=True)
-    for f in sorted((root / "eval").glob("*/*/training_curve.csv")):
+    for f in sorted(layout.eval().glob("*/*/training_curve.csv")):
         (curves / f"{f.parent.parent.name}_{f.parent.name}.csv").write_text(f.read_text())
     if client is not None:
 

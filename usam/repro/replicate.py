@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from usam.artifacts.layout import Layout
 from usam.artifacts.weights import load_weights
 from usam.config import Config, config_hash, flatten, to_dict, to_yaml, train_section
 from usam.errors import UsamError, first_line
@@ -307,7 +308,8 @@ def replicate(ref: str, cfg: Config, root: Path, *, rtol: float = 0.0, atol: flo
                         where=str(root), fix="`dvc checkout` (or `dvc pull`) restores the recorded outputs; "
                                              "`dvc repro` rebuilds them")
     task = record.tags["usam.task"]
-    out = Path(out_dir) if out_dir else root / "outputs" / "replicas" / f"{original.info.run_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stamp = f"{original.info.run_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out_dir) if out_dir else Layout.of(cfg, root).outputs("replicas", stamp)
     out.mkdir(parents=True, exist_ok=True)
     config, pinned = pinned_config(record.config, cfg, root)
     start = time.perf_counter()

@@ -25,7 +25,7 @@ from usam.data.dataset import stats_tensors
 from usam.models.baselines import LatentDiffusion, MaskGIT, VideoGAN
 from usam.models.raster_ar import RasterAR
 from usam.models.tokenizer import latent_frames
-from usam.train.task import require_splits
+from usam.train.task import require_splits, unwrap
 from usam.train.usam_task import StreamTask
 
 
@@ -185,7 +185,7 @@ class DiffusionTask(_TokenBaseline):
 
     def _denoising_loss(self, model, batch, device, generator=None) -> torch.Tensor:
         """DDPM: regress the noise added at a random timestep (mean squared error), through the model's forward."""
-        bare = getattr(model, "module", model)
+        bare = unwrap(model)
         noisy, t, noise = bare.noised(self.latents(bare, batch, device), generator)
         return F.mse_loss(model(noisy, t, self.classes(batch, device)).float(), noise)
 

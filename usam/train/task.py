@@ -67,3 +67,9 @@ def require_splits(data_dir: Path, name: str) -> None:
         if not (data_dir / split / "videos.npy").is_file():
             raise DataError(f"no prepared {split} split for dataset {name!r}", where=str(data_dir / split),
                             fix=f"run `dvc repro preprocess@{name}` (or `usam data build`)")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model under a DDP wrapper. ``loss`` gets the wrapper (its gradients must sync); what the loss reads
+    from the model itself (the schedule, helper methods) lives on the module underneath."""
+    return getattr(model, "module", model)

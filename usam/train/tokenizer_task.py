@@ -28,7 +28,7 @@ from usam.media.panels import save_gif, save_png, side_by_side_frames, strip_gri
 from usam.media.perceptual import DOMAIN_LABEL, LPIPS_LABEL, LpipsDistance, load_domain_distance
 from usam.models.bsq import check_schedule
 from usam.models.tokenizer import PatchGAN3d, SpacetimeTokenizer, latent_frames
-from usam.train.task import Task, require_splits
+from usam.train.task import Task, require_splits, unwrap
 
 ROLE_RECON, ROLE_DENOISE, ROLE_SR = 0, 1, 2
 
@@ -189,7 +189,7 @@ class TokenizerTask(Task):
             parts[self.perceptual_label] = _num(p)
         loss = nll + L.commitment * out.quant.commitment + L.entropy * out.quant.entropy
         parts["commitment"], parts["entropy"] = _num(out.quant.commitment), _num(out.quant.entropy)
-        bare = getattr(model, "module", model)
+        bare = unwrap(model)
         if L.adversarial.weight > 0:
             loss = loss + self._adversarial(bare, video, recon, nll, step, parts)
         parts = {"loss": _num(loss), **parts}

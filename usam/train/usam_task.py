@@ -31,7 +31,7 @@ from usam.media.panels import write_grid
 from usam.models.tokenizer import latent_frames
 from usam.models.usam import USAM, USAMConfig
 from usam.seeding import dataloader_generator
-from usam.train.task import SHAPE_KINDS, Task, require_splits
+from usam.train.task import SHAPE_KINDS, Task, require_splits, unwrap
 
 
 class ConditionedVideos(torch.utils.data.Dataset):
@@ -310,7 +310,7 @@ class USAMTask(StreamTask):
         return (per_token / w.sum()).to(device)
 
     def loss(self, model: nn.Module, batch: dict, device: torch.device, step: int = 0) -> tuple[torch.Tensor, dict]:
-        bare = getattr(model, "module", model)
+        bare = unwrap(model)
         z = self._encode(batch, device)
         quantizer = self.tokenizer().quantizer
         corrupted, targets = quantizer.self_correction(z, self.mcfg.loss.self_correction)

@@ -197,9 +197,9 @@ def parameter_importance(table: pd.DataFrame, spec) -> tuple[dict[str, float], b
 # ---- writing ---------------------------------------------------------------------------------------------------
 
 
-def write_study(study, spec, grid, parent, client) -> pd.DataFrame:
-    """Table, best config, statistics, plots and report, in outputs/studies/<name>/ and on the parent run."""
-    out = Path(study.root) / "outputs" / "studies" / study.name
+def write_study(study, spec, grid, parent, client, out: Path) -> pd.DataFrame:
+    """Table, best config, statistics, plots and report, in ``out`` (the layout's outputs/studies/<name>/) and on
+    the parent run."""
     out.mkdir(parents=True, exist_ok=True)
     table = trial_table(study, spec, grid, client)
     table.to_csv(out / "trials.csv", index=False)

@@ -131,7 +131,7 @@ def _run(kind: str, spec_path: Path, spec, extra: list[str], address: str | None
                                                              num_to_keep=train.runtime.keep_checkpoints)))
         grid = tuner.fit()
 
-        return write_study(study, spec, grid, parent, client)
+        return write_study(study, spec, grid, parent, client, Layout.of(base, root).outputs("studies", name))
 
 
 def _start_ray(cfg: Config) -> None:
@@ -351,7 +351,7 @@ def run_trial(config: dict, study: dict) -> None:
     if cell is not None:
         tags.update({"usam.ablation.variant": cell["variant"], "usam.ablation.dataset": cell["dataset"]})
         if generator:
-            inputs = _trial_inputs(s, cfg, cell, root / "outputs" / "studies" / s.name / trial_id, root)
+            inputs = _trial_inputs(s, cfg, cell, Layout.of(cfg, root).outputs("studies", s.name, trial_id), root)
     result = fit(cfg, s.task, root=root, run_name=run_name, parent_run_id=s.parent_run_id, resume_run_id=resume,
                  tags=tags, in_trial="report", inputs=inputs)
     final = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
