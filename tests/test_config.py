@@ -178,3 +178,25 @@ def test_a_retired_key_says_what_replaced_it(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(ConfigError, match="model.name: retired key; the task picks the model"):
         load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("old, new", [
+    ("train.workers=2", "use train.runtime.workers"),
+    ("tokenizer.train.checkpoint_every=5", "use tokenizer.train.runtime.checkpoint_every"),
+    ("evaluator.train.fault_injection_step=3", "use debug.fault_injection_step"),
+])
+def test_a_moved_key_names_where_it_lives_now(tmp_path, old, new):
+    proc = run(["usam", "config", "show", old], cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{old.split('=')[0]} is retired; {new}" in proc.stderr
+    moved = new.split()[-1]
+    assert flatten(to_dict(compose([f"{moved}={old.split('=')[1]}"])))[moved] == yaml.safe_load(old.split("=")[1])
+
+
+def test_the_recipe_and_where_it_runs_are_apart():
+    cfg = compose()
+    for recipe in (cfg.train, cfg.evaluator.train, cfg.tokenizer.train):
+        assert {"lr", "batch_size", "epochs", "precision"} <= set(to_dict(recipe))
+        assert not {"workers", "use_gpu", "threads_per_worker", "fault_injection_step"} & set(to_dict(recipe))
+        assert {"workers", "use_gpu", "threads_per_worker", "checkpoint_every"} <= set(to_dict(recipe.runtime))
+    assert cfg.debug.fault_injection_step is None
