@@ -127,7 +127,7 @@ class MLflowLogging(HookBase):
         step, epoch = t.progress.step, t.progress.epoch
         self.run.log_metrics({f"val/{k[4:]}" if k.startswith("val_") else k: v for k, v in t.val.items()}, step=step)
         self.run.log_metrics({"epoch": epoch}, step=step)
-        if epoch % t.cfg.visuals_every == 0 or epoch >= t.cfg.epochs or t.done:
+        if epoch % t.cfg.runtime.visuals_every == 0 or epoch >= t.cfg.epochs or t.done:
             with tempfile.TemporaryDirectory() as folder:
                 for path in t.task.visuals(t.bare, self.visuals_dataset, t.session.device, Path(folder)):
                     self.run.log_artifact(path, f"panels/step_{step:06d}")

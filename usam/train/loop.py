@@ -158,7 +158,7 @@ class Trainer:
         # and a run resumed mid-epoch would draw once more than the uninterrupted one (other dropout masks).
         return DataLoader(
             self.train_ds, batch_size=self.cfg.batch_size, sampler=self.sampler, drop_last=True,
-            num_workers=self.cfg.dataloader_workers, worker_init_fn=worker_init_fn,
+            num_workers=self.cfg.runtime.dataloader_workers, worker_init_fn=worker_init_fn,
             generator=dataloader_generator(self.seed, "train", p.epoch, self.session.rank),
         )
 
