@@ -90,7 +90,9 @@ def check_resources(task_cfg, cluster: dict) -> None:
         )
 
 
-def _storage(cfg: Config, root: Path) -> str:
+def storage_path(cfg: Config, root: Path) -> str:
+    """Ray's storage for checkpoints and Tune state: ``ray.storage_path`` as given when it is a URI, else resolved
+    against the project ``root``."""
     path = cfg.ray.storage_path
     return path if "://" in path else str(resolve(path, root))
 
@@ -135,7 +137,7 @@ def fit(
         check_resources(tcfg, ray.cluster_resources())
         launcher = RayTrainGroup(tcfg, callbacks or [], report=in_trial == "report")
 
-    storage = _storage(cfg, root)
+    storage = storage_path(cfg, root)
     if resume_run_id:
         ray_name = _recorded_ray_name(cfg, root, resume_run_id)
     else:

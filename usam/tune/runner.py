@@ -36,7 +36,7 @@ from usam.track import client_for, tracked_run, tracking_uri
 from usam.track.run import artifact_root
 from usam.train import fit
 from usam.train.tasks import make_task
-from usam.train.trainer import _storage, check_resources, ensure_ray, ray_address
+from usam.train.trainer import check_resources, ensure_ray, ray_address, storage_path
 from usam.tune.results import write_study
 from usam.tune.spec import STUDY_TAG, TRIAL_TAG, AblationSpec, load_ablation, load_sweep
 
@@ -89,7 +89,7 @@ def _run(kind: str, spec_path: Path, spec, extra: list[str], address: str | None
     client = client_for(base, root)
     name, parent_id = _find_study(client, base, kind, _label(spec_path, root), resume) if resume else (
         f"{kind}-{spec_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}", None)
-    storage = Path(_storage(base, root))
+    storage = Path(storage_path(base, root))
     if resume and not tune.Tuner.can_restore(str(storage / name)):
         raise UsamError(f"study {name} left no Tune state to resume from", where=str(storage / name),
                         fix="start it again without --resume")
@@ -170,7 +170,7 @@ def _pinned(cfg: Config, root: Path) -> list[str]:
     """Overrides that make every location absolute: trials may run in another directory or on another node."""
 
     return [f"tracking.uri={tracking_uri(cfg, root)}", f"tracking.artifact_root={artifact_root(cfg, root)}",
-            f"data.root={resolve(cfg.data.root, root)}", f"ray.storage_path={_storage(cfg, root)}"]
+            f"data.root={resolve(cfg.data.root, root)}", f"ray.storage_path={storage_path(cfg, root)}"]
 
 
 def spec_overrides(spec) -> list[str]:
