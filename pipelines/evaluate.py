@@ -9,7 +9,8 @@ dataset's test split and with its domain evaluators:
 * class accuracy of the samples (frame evaluator), diversity (mean pairwise perceptual distance
   between samples of the same class: ``lpips_alex`` with local weights, else ``domain_perceptual``);
 * temporal coherence: flicker, warping error (Farneback flow, occlusion-masked) and feature
-  consistency, for the samples and the real videos;
+  consistency, for the samples and the real videos; and how later frames agree with the first
+  (``frame0_l1``, ``frame0_class_agreement``: what next-clip conditioning moves);
 * cost: warm latency per video at batch 1 and batch ``eval.batch_size`` (median of repeats),
   parameters, FLOPs per sample, training time and peak memory from the training run;
 * transfer: the same samples against the other dataset's test split and evaluators.
@@ -35,6 +36,7 @@ from usam.errors import UsamError, main_guard
 from usam.eval.cost import flops_of, median_latency, training_record
 from usam.eval.fidelity import frames_of, inception_scores, register_domain_extractor, video_fidelity
 from usam.eval.generators import load_generator
+from usam.eval.first_frame import first_frame_agreement
 from usam.eval.temporal import feature_consistency, warping_error
 from usam.files import atomic_dir
 from usam.media.panels import save_png, strip_grid
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     frame_net, _ = load_evaluator("frame", frame.path, frame.sha256)
     scores.update(temporal_scores(fake, frame_net, normalize, ""))
     scores.update(temporal_scores(test, frame_net, normalize, "real/"))
+    for prefix, videos in (("", fake), ("real/", test)):  # do later frames keep what the first frame shows?
+        scores.update({f"{prefix}{k}": float(v.mean()) for k, v in first_frame_agreement(videos, frame_net, normalize).items()})
 
     one, batch = classes[:1], classes[: cfg.eval.batch_size]
     scores["latency_s_batch1"] = median_latency(lambda: gen.sample(one, cfg.seed), repeats=5)

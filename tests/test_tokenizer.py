@@ -146,9 +146,34 @@ def test_next_scale_inputs_are_the_downsampled_cumulative_codes():
     q = MultiScaleBSQ(8, (1, 2, 4), None)
     out = q(torch.randn(2, 8, 3, 4, 4))
     inputs = q.next_scale_inputs(out.codes, out.schedule)
-    assert [None if i is None else tuple(i.shape[-2:]) for i in inputs] == [None, (2, 2), (4, 4)] * 2
+    assert [None if i is None else tuple(i.shape[-2:]) for i in inputs] == [None, (2, 2), (4, 4), (1, 1), (2, 2), (4, 4)]
+    assert all(i.shape[1] == 16 for i in inputs[1:])  # own segment's cumulative code, then the previous segment's
     expected = q.down(q.up(out.codes[0], 4) + q.up(out.codes[1], 4), 4)
-    assert torch.allclose(inputs[2], expected)
+    assert torch.allclose(inputs[2][:, :8], expected)
+    image = sum(q.up(c, 4) for c in out.codes[:3])  # the whole first frame, its finest scale included
+    assert torch.allclose(inputs[5][:, 8:], image.expand(-1, -1, 2, -1, -1), atol=1e-6)
+
+
+@pytest.mark.parametrize("magnitude, closer", [(0.4, False), (0.6, True)])
+def test_a_scale_brings_the_latent_closer_exactly_when_its_residual_is_large_against_the_code(magnitude, closer):
+    """At the full grid: subtracting +-1/sqrt(d) shrinks the residual iff 1/sqrt(d) < 2 mean|residual|."""
+    q = MultiScaleBSQ(16, (4,), None)
+    torch.manual_seed(0)
+    z = torch.where(torch.randn(2, 16, 1, 4, 4) > 0, 1.0, -1.0) * magnitude * q.unit  # mean|z| = magnitude / sqrt(d)
+    after = float((z - q(z).z_q).norm())
+    assert (after < float(z.norm())) is closer
+
+
+def test_the_latent_residual_is_not_monotone_over_scales_for_a_small_latent():
+    """What the module docstring states: every code has the fixed magnitude 1/sqrt(d), so a latent that is
+    small against it is overshot by the coarse scales, and only the finest scale brings it back."""
+    torch.manual_seed(0)
+    q = MultiScaleBSQ(16, (1, 2, 4), None)
+    z = 0.1 * q.unit * torch.randn(4, 16, 1, 4, 4)
+    out = q(z)
+    residuals = [float((z - q.cumulative(out.codes, out.schedule, k)).norm()) for k in range(4)]
+    assert residuals[1] > residuals[0]  # the first scale overshoots
+    assert residuals != sorted(residuals, reverse=True)
 
 
 # ---- loss terms and metrics ---------------------------------------------------------------------------------------
@@ -325,6 +350,11 @@ def test_a_tiny_run_learns_to_reconstruct_digits_not_just_the_background(digits:
     finest = f"val_psnr_prefix_{len(task.cfg.tokenizer.quantizer.scales)}"
     assert after[finest] == pytest.approx(after["val_psnr"], abs=1e-3)
     assert after[finest] > after["val_psnr_prefix_1"], "all scales beat the coarsest alone"
+    with torch.no_grad():  # the latent residual of all scales is what z_q misses of the encoder output
+        out = model.eval()(video)
+        missed = ((out.latent - out.quant.z_q).flatten(1).norm(dim=1) / out.latent.flatten(1).norm(dim=1)).mean()
+    last = f"val_latent_residual_prefix_{len(task.cfg.tokenizer.quantizer.scales)}"
+    assert after[last] == pytest.approx(float(missed), rel=1e-4)
     assert after["val_ssim"] > before["val_ssim"]
     assert 0.0 <= after["val_bit_entropy"] <= 1.0
 

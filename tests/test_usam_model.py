@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from usam.models.bsq import MultiScaleBSQ
-from usam.models.usam import USAM, USAMConfig, attention_mask, token_layout
+from usam.models.usam import USAM, USAMConfig, attention_mask, attention_reach, token_layout
 
 BITS, SCALES, LATENT_FRAMES, CLIP = 8, (1, 2, 4), 5, 2  # an image pyramid, then two clips of 2 latent frames
 
@@ -27,14 +27,6 @@ def _stream(batch: int = 2, seed: int = 0):
     return q, out, q.next_scale_inputs(out.codes, out.schedule)
 
 
-def _reach(mask: torch.Tensor, depth: int) -> torch.Tensor:
-    """Which inputs can influence which outputs through ``depth`` attention layers."""
-    r = mask.clone()
-    for _ in range(depth - 1):
-        r = (r.float() @ mask.float() > 0) | r
-    return r
-
-
 @pytest.mark.parametrize("mode", ["block_causal", "sparse", "factorized"])
 @pytest.mark.parametrize("positions", ["rope", "learned"])
 def test_each_attention_mode_sees_exactly_what_its_mask_allows(mode, positions):
@@ -42,7 +34,7 @@ def test_each_attention_mode_sees_exactly_what_its_mask_allows(mode, positions):
     _, out, inputs = _stream()
     cond = {"class": torch.tensor([3, 7])}
     base = model(inputs, cond)
-    reach = _reach(model.mask, len(model.blocks))
+    reach = attention_reach(model.schedule, mode, len(model.blocks))
     layout = token_layout(model.schedule)
     for stage in (1, 4, 5, 7):  # image scale 2, clip 1 middle and largest scales, clip 2 middle scale
         st = model.schedule.stages[stage]
@@ -193,3 +185,142 @@ def test_raster_order_baseline_is_causal_token_by_token_and_its_cache_is_exact()
     bits[:, 5] = ~bits[:, 5]
     changed = (model(bits, classes) - logits).detach().abs().flatten(2).amax(-1).amax(0) > 0
     assert not changed[:6].any() and changed[6:].all()  # token 5's bits feed tokens 6.. only
+
+
+# ---- the whole past: a clip sees the finest scale of the segment before it ------------------------------------
+
+def _flip_finest(codes, segment: int):
+    """The codes with every bit of ``segment``'s largest scale flipped."""
+    out = [c.clone() for c in codes]
+    out[(segment + 1) * len(SCALES) - 1] *= -1
+    return out
+
+
+def _changed_stages(model, a, b) -> list[bool]:
+    diff = (a - b).abs().flatten(2).amax(-1).amax(0)
+    return [bool(diff[lo:hi].max() > 0) for lo, hi in zip(model.bounds, model.bounds[1:])]
+
+
+@pytest.mark.parametrize("mode", ["block_causal", "sparse", "factorized"])
+def test_the_finest_bits_of_a_segment_reach_every_stage_of_the_next_segment_and_nothing_earlier(mode):
+    model = _model(mode)
+    q, out, inputs = _stream()
+    cond = {"class": torch.tensor([3, 7])}
+    base = model(inputs, cond)
+    per_segment = len(SCALES)
+    segments = len(model.schedule.segments)
+    for k in range(segments - 1):
+        flipped = model(q.next_scale_inputs(_flip_finest(out.codes, k), model.schedule), cond)
+        changed = _changed_stages(model, flipped, base)
+        assert not any(changed[:(k + 1) * per_segment]), f"{mode}: segment {k}'s finest bits reached an earlier stage"
+        assert all(changed[(k + 1) * per_segment:(k + 2) * per_segment]), \
+            f"{mode}: some stage of segment {k + 1} never saw segment {k}'s finest scale"
+    # one bit of one token of the first frame's finest scale is enough to move the clip after it
+    one = [c.clone() for c in out.codes]
+    one[per_segment - 1][:, 0, 0, 1, 2] *= -1
+    moved = _changed_stages(model, model(q.next_scale_inputs(one, model.schedule), cond), base)
+    assert not any(moved[:per_segment]) and all(moved[per_segment:2 * per_segment])
+
+
+def test_a_clip_input_carries_the_previous_segments_full_reconstruction():
+    q, out, inputs = _stream()
+    schedule = q.schedule(LATENT_FRAMES)
+    full = q.cumulative(out.codes, schedule)  # every segment, every scale
+    per_segment = len(SCALES)
+    assert inputs[0] is None  # the image's first stage: the start token only
+    assert torch.equal(inputs[1][:, BITS:], torch.zeros_like(inputs[1][:, BITS:]))  # no past before the first frame
+    # clip 1 (latent frames 1-2) follows the 1-frame image: that frame, repeated over the clip's frames
+    first_clip = inputs[per_segment]
+    assert first_clip.shape == (2, 2 * BITS, CLIP, 1, 1)
+    assert torch.equal(first_clip[:, :BITS], torch.zeros_like(first_clip[:, :BITS]))
+    assert torch.allclose(first_clip[:, BITS:], q.down(full[:, :, :1].expand(-1, -1, CLIP, -1, -1), 1))
+    # clip 2 (frames 3-4) follows clip 1, frame for frame, at every scale's grid
+    for k, side in enumerate(SCALES):
+        stage_input = inputs[2 * per_segment + k]
+        assert torch.allclose(stage_input[:, BITS:], q.down(full[:, :, 1:3], side), atol=1e-6)
+        own = q.cumulative(out.codes, schedule, k)[:, :, 3:5]
+        assert torch.allclose(stage_input[:, :BITS], q.down(own, side), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["block_causal", "sparse", "factorized"])
+def test_greedy_sampling_conditions_the_clip_on_the_first_frames_finest_scale_cached_or_not(mode):
+    model = _model(mode)
+    q, out, _ = _stream()
+    cond = {"class": torch.tensor([3, 7])}
+    given = q.bits_of(out)
+    per_segment = len(SCALES)
+    first_frame = [given[i] if i < per_segment else None for i in range(len(given))]
+    complement = [b.clone() if b is not None else None for b in first_frame]
+    complement[per_segment - 1] = ~complement[per_segment - 1]
+    runs = {}
+    for use_cache in (True, False):
+        a = model.generate(q, cond, 2, top_k=1, forced=first_frame, use_cache=use_cache)
+        b = model.generate(q, cond, 2, top_k=1, forced=complement, use_cache=use_cache)
+        runs[use_cache] = a
+        assert any(not torch.equal(x, y) for x, y in zip(a[per_segment:], b[per_segment:])), \
+            f"{mode}: the sampled clip ignores the first frame's finest bits"
+    assert all(torch.equal(x, y) for x, y in zip(runs[True], runs[False])), f"{mode}: cached sampling != recompute"
+
+
+@pytest.mark.parametrize("mode", ["block_causal", "sparse", "factorized"])
+def test_cached_guided_text_sampling_equals_the_recompute_path(mode):
+    model = _model(mode, text_vocab=12)
+    q = MultiScaleBSQ(BITS, SCALES, CLIP)
+    cond = {"class": torch.tensor([3, 7]), "text": torch.tensor([[3, 4, 0], [5, 0, 0]])}
+    gen = lambda **kw: model.generate(q, cond, 2, cfg=2.5, generator=torch.Generator().manual_seed(4), **kw)  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(gen(), gen(use_cache=False)))
+
+
+# ---- the sparse mode's reach over depth ----------------------------------------------------------------------------
+
+def _measured_stage_reach(model, query_stage: int) -> list[int]:
+    """The stages whose input moves ``query_stage``'s logits (one stage's input perturbed at a time)."""
+    torch.manual_seed(1)
+    inputs = [None] + [torch.randn(1, 2 * BITS, st.frames, st.side, st.side) for st in model.schedule.stages[1:]]
+    base = model(inputs, {"class": torch.tensor([2])})
+    lo, hi = model.bounds[query_stage], model.bounds[query_stage + 1]
+    seen = []
+    for j in range(1, len(inputs)):
+        moved = [t.clone() if t is not None else None for t in inputs]
+        moved[j] = moved[j] + 1.0
+        if float((model(moved, {"class": torch.tensor([2])}) - base)[:, lo:hi].abs().max()) > 0:
+            seen.append(j)
+    return seen
+
+
+@pytest.mark.parametrize("depth, expected", [(1, [8, 9]), (2, [5, 8, 9]), (3, [2, 5, 8, 9])])
+def test_sparse_reach_chains_back_one_segment_per_layer_as_its_transitive_closure_says(depth, expected):
+    torch.manual_seed(0)
+    model = USAM(USAMConfig(BITS, SCALES, 4, 1, width=32, depth=depth, heads=2, attention="sparse", num_classes=10)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    query = 9  # the first scale of the 4th segment (scales 1-2-4, clips of 1 latent frame)
+    assert _measured_stage_reach(model, query) == expected
+    closure = attention_reach(model.schedule, "sparse", depth)
+    lo, hi = model.bounds[query], model.bounds[query + 1]
+    by_closure = [j for j in range(1, len(model.schedule.stages))
+                  if closure[lo:hi, model.bounds[j]:model.bounds[j + 1]].any()]
+    assert by_closure == expected
+
+
+# ---- the null text under inference ---------------------------------------------------------------------------------
+
+def test_an_empty_text_encodes_to_finite_zeros_in_eval_mode_without_gradients():
+    model = _model("block_causal", text_vocab=12)
+    with torch.no_grad():
+        memory, mask, pooled = model.text(torch.tensor([[0, 0, 0], [4, 5, 0]]))
+    assert torch.isfinite(memory).all() and torch.isfinite(pooled).all()
+    assert torch.equal(memory[0], torch.zeros_like(memory[0])) and torch.equal(pooled[0], torch.zeros_like(pooled[0]))
+    assert not mask[0].any() and float(pooled[1].abs().max()) > 0
+
+
+def test_a_guided_text_sample_is_not_degenerate():
+    model = _model("block_causal", text_vocab=12)
+    q = MultiScaleBSQ(BITS, SCALES, CLIP)
+    cond = {"class": torch.tensor([3, 7]), "text": torch.tensor([[3, 4, 0], [5, 0, 0]])}
+    bits = model.generate(q, cond, 2, cfg=3.0, generator=torch.Generator().manual_seed(0))
+    share = float(torch.cat([b.flatten() for b in bits]).float().mean())
+    assert 0.2 < share < 0.8, f"share of +1 bits {share:.3f}: guided text sampling is degenerate"
+    null = model.generate(q, model.null_condition(2, torch.device("cpu")), 2, generator=torch.Generator().manual_seed(0))
+    null_share = float(torch.cat([b.flatten() for b in null]).float().mean())
+    assert 0.2 < null_share < 0.8, f"share of +1 bits {null_share:.3f} under the null text"

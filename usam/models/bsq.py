@@ -5,7 +5,13 @@ image, quantized as an image pyramid) and clips of later latent frames, every sc
 a clip keeping its full time. Inside a segment, each scale quantizes what the scales
 before it left over: the residual is area-downsampled to the scale's grid, every channel
 becomes one bit (its sign, as +-1/sqrt(d)), and the upsampled code is subtracted.
-The sum of a prefix of the codes is a coarse-to-fine reconstruction of the latent.
+
+The sum of all of a segment's codes is its quantized latent, and a prefix of scales is a
+coarser one. Every code has the fixed magnitude 1/sqrt(d), so an added scale brings the
+latent closer only where the residual it quantizes is large against that magnitude (on a
+scale at the full grid: exactly when 1/sqrt(d) < 2 mean|residual|); the latent residual is
+not monotone over scales in general. The tokenizer's evaluation reports both per prefix:
+the relative latent residual and the decoded PSNR.
 """
 
 from __future__ import annotations
@@ -226,16 +232,61 @@ class MultiScaleBSQ(nn.Module):
         return torch.cat(parts, dim=2)
 
     def next_scale_inputs(self, codes: list[torch.Tensor], schedule: ScaleSchedule) -> list[torch.Tensor | None]:
-        """Per stage, what an autoregressive model sees before predicting it: the cumulative code map
-        of the segment's earlier scales, area-downsampled to this stage's grid (None at a segment's first scale)."""
-        inputs: list[torch.Tensor | None] = []
-        acc = None
+        """Per stage, what an autoregressive model sees before predicting it (:class:`StageInputs`)."""
+        builder = StageInputs(self, schedule)
+        inputs = []
         for stage, code in zip(schedule.stages, codes):
-            if stage.scale == 0:
-                acc = None
-            inputs.append(None if acc is None else self.down(acc, stage.side))
-            acc = self.up(code, schedule.grid) + (0 if acc is None else acc)
+            inputs.append(builder.next(stage))
+            builder.add(code)
         return inputs
+
+
+class StageInputs:
+    """Builds each stage's input map as the stream is produced, code by code (a teacher-forced pass
+    replays a whole stream; sampling adds one stage at a time).
+
+    A stage's input (B, 2d, frames, side, side) stacks, both area-downsampled to the stage's grid:
+
+    - channels ``:d``: the cumulative code of its segment's earlier scales (zeros at a segment's first scale);
+    - channels ``d:``: the *full* cumulative code of the previous segment (every scale, the finest
+      included), aligned to this segment's frames: its last ``frames`` frames, left-padded with its
+      first frame when it has fewer (the first frame before the first clip). Zeros in segment 0.
+
+    So every stage of a clip sees the whole reconstruction of the frames before it, whatever the
+    attention mode, and earlier segments through the inputs of the segments between. The image's
+    first stage has no input (None: the model puts its start token there).
+    """
+
+    def __init__(self, quantizer: MultiScaleBSQ, schedule: ScaleSchedule):
+        self.quantizer, self.schedule = quantizer, schedule
+        self.acc: torch.Tensor | None = None  # the current segment's cumulative code on the full grid
+        self.history: torch.Tensor | None = None  # the previous segment's, aligned to the current segment's frames
+
+    def next(self, stage: Stage) -> torch.Tensor | None:
+        """The input of ``stage`` (the next stage of the stream), from the codes added so far."""
+        if stage.scale == 0:
+            self.history = None if self.acc is None else _align(self.acc, stage.frames)
+            self.acc = None
+        if self.acc is None and self.history is None:
+            return None
+        ref = self.acc if self.acc is not None else self.history
+        grid = self.schedule.grid
+        own = self.acc if self.acc is not None else ref.new_zeros(ref.shape[0], ref.shape[1], stage.frames, grid, grid)
+        past = self.history if self.history is not None else torch.zeros_like(own)
+        return self.quantizer.down(torch.cat([own, past], dim=1), stage.side)
+
+    def add(self, code: torch.Tensor) -> None:
+        """The code of the stage just produced (B, d, frames, side, side)."""
+        up = self.quantizer.up(code, self.schedule.grid)
+        self.acc = up if self.acc is None else self.acc + up
+
+
+def _align(previous: torch.Tensor, frames: int) -> torch.Tensor:
+    """The last ``frames`` frames of ``previous`` (B, d, t, h, w), left-padded with its first frame."""
+    t = previous.shape[2]
+    if t >= frames:
+        return previous[:, :, t - frames:]
+    return torch.cat([previous[:, :, :1].expand(-1, -1, frames - t, -1, -1), previous], dim=2)
 
 
 def _binary_entropy(p: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,20 @@
 """The USAM spacetime autoregressive transformer: next-scale prediction inside a clip, next-clip across clips.
 
 The token stream follows the tokenizer's :class:`ScaleSchedule`: the first frame's image
-scales, then each clip's scales (full time at every scale). The input of a stage is the
-cumulative code map of its segment's earlier scales, downsampled to the stage's grid and
-projected to the width (a start token at a segment's first scale); a bitwise head predicts
-every bit of every token of the stage at once. Which earlier tokens a token may attend to
-is the ``attention`` mode, one boolean mask built once from the schedule:
+scales, then each clip's scales (full time at every scale). The input of a stage
+(:class:`~usam.models.bsq.StageInputs`) is the cumulative code map of its segment's earlier
+scales together with the previous segment's full reconstruction (every scale, the finest
+included), both downsampled to the stage's grid and projected to the width; a segment's first
+scale adds a start token and the condition. So a clip is conditioned on the whole
+reconstruction of the frames before it in every attention mode. A bitwise head predicts every
+bit of every token of the stage at once. Which earlier tokens a token may attend to is the
+``attention`` mode, one boolean mask built once from the schedule:
 
 - ``block_causal`` (VAR): every token of every earlier stage, and its own stage;
-- ``sparse`` (InfinityStar): its own stage and the largest scale of the previous segment
-  (earlier scales of its own segment reach it through its input map);
+- ``sparse`` (InfinityStar): its own stage and the largest scale of the previous segment. Over
+  the model's depth D the reach chains (:func:`attention_reach`): a stage of segment k reaches
+  the largest scales of segments k-1 .. k-D, and its own segment's earlier scales and the
+  previous segment's full code only through its input map;
 - ``factorized``: spatial attention within its own frame plus causal temporal attention
   across frames at its own position, and earlier stages up to its own frame.
 
@@ -25,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from usam.models.bsq import ScaleSchedule
+from usam.models.bsq import ScaleSchedule, StageInputs
 from usam.models.evaluators import drop_path
 
 ATTENTION_MODES = ("block_causal", "sparse", "factorized")
@@ -64,6 +69,16 @@ def attention_mask(schedule: ScaleSchedule, mode: str) -> torch.Tensor:
         own = (s_j == s_i) & ((f_j == f_i) | (same_pos & (f_j <= f_i)))
         return own | ((s_j < s_i) & (f_j <= f_i))
     raise ValueError(f"unknown attention mode {mode!r}; use one of {', '.join(ATTENTION_MODES)}")
+
+
+def attention_reach(schedule: ScaleSchedule, mode: str, depth: int) -> torch.Tensor:
+    """(L, L) bool, True where key token j can reach query token i's output through ``depth`` attention
+    layers: the transitive closure of the one-layer mask over ``depth`` hops (a token always sees itself)."""
+    one = attention_mask(schedule, mode).float()
+    reach = one
+    for _ in range(depth - 1):
+        reach = ((reach @ one) > 0).float()
+    return reach > 0
 
 
 class RMSNorm(nn.Module):
@@ -211,8 +226,12 @@ class TextEncoder(nn.Module):
         """ids (B, n) -> memory (B, n, C), its mask (True = a word), pooled (B, C) (zeros for an empty text)."""
         mask = ids > 0
         h = self.embed(ids) + self.pos[:, : ids.shape[1]]
-        h = self.norm(self.layers(h, src_key_padding_mask=~mask))
-        h = h * mask[..., None]
+        # An all-padding row (the null text) would attend to nothing: NaN, on the inference fast path too.
+        # Let it attend to its first (padding) position; its output is zeroed below either way.
+        padding = ~mask
+        padding[:, 0] &= mask.any(1)
+        h = self.norm(self.layers(h, src_key_padding_mask=padding))
+        h = torch.where(mask[..., None], h, torch.zeros((), dtype=h.dtype, device=h.device))
         pooled = h.sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
         return h, mask, pooled
 
@@ -276,7 +295,7 @@ class USAM(nn.Module):
         self.bounds = bounds
         stages = len(self.schedule.stages)
 
-        self.in_proj = nn.Linear(bits, width)
+        self.in_proj = nn.Linear(2 * bits, width)  # the segment's own cumulative code and the previous segment's
         self.start = nn.Parameter(torch.randn(2, width) * 0.02)  # image segment, clip segment
         self.stage_embed = nn.Embedding(stages, width)  # clip/scale index: feeds the adaptive norms
         if positions == "rope":
@@ -363,10 +382,12 @@ class USAM(nn.Module):
         parts = []
         for i in stages:
             st, inp = self.schedule.stages[i], stage_inputs[i - stages.start]
-            if inp is None:  # a segment's first scale: its start token plus the condition
-                tok = (self.start[0 if st.segment == 0 else 1] + cond.c)[:, None, :].expand(batch, st.tokens, self.width)
-            else:
-                tok = self.in_proj(inp.permute(0, 2, 3, 4, 1).reshape(batch, st.tokens, self.bits).to(self.in_proj.weight.dtype))
+            tok = (self.start[0 if st.segment == 0 else 1] + cond.c)[:, None, :].expand(batch, st.tokens, self.width) \
+                if st.scale == 0 else 0  # a segment's first scale: its start token plus the condition
+            if inp is not None:
+                channels = self.in_proj.in_features
+                tok = tok + self.in_proj(inp.permute(0, 2, 3, 4, 1).reshape(batch, st.tokens, channels)
+                                         .to(self.in_proj.weight.dtype))
             if self.context_skip is not None and st.segment > 0:  # the given frame, at this stage's grid, every frame
                 ctx = F.adaptive_avg_pool3d(cond.context.float(), (1, st.side, st.side)).expand(-1, -1, st.frames, -1, -1)
                 tok = tok + self.context_skip(ctx.permute(0, 2, 3, 4, 1).reshape(batch, st.tokens, self.bits).to(tok.dtype))
@@ -478,12 +499,10 @@ class USAM(nn.Module):
         if len(temps) != len(self.schedule.scales):
             raise ValueError(f"{len(temps)} temperatures for {len(self.schedule.scales)} scales: give one, or one per scale")
         caches = [dict() for _ in self.blocks] if use_cache else None
-        inputs, out, acc = [], [], None
-        grid = self.schedule.grid
+        inputs, out = [], []
+        builder = StageInputs(quantizer, self.schedule)
         for i, st in enumerate(self.schedule.stages):
-            if st.scale == 0:
-                acc = torch.zeros(batch, self.bits, st.frames, grid, grid, device=device)
-            inp = None if st.scale == 0 else quantizer.down(acc, st.side)
+            inp = builder.next(st)
             inputs.append(None if inp is None else (torch.cat([inp, inp]) if guided else inp))
             if use_cache:
                 logits = self.stage_logits(i, inputs[-1], state, caches)
@@ -498,8 +517,7 @@ class USAM(nn.Module):
             if forced is not None and forced[i] is not None:
                 bits = forced[i].to(device)
             out.append(bits)
-            code = torch.where(bits, quantizer.unit, -quantizer.unit).float()
-            acc = acc + quantizer.up(code, grid)
+            builder.add(torch.where(bits, quantizer.unit, -quantizer.unit).float())
         return out
 
 

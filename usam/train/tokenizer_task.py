@@ -244,9 +244,12 @@ class TokenizerTask(Task):
                 dist = net(_frames(recon), _frames(target)).view(video.shape[0], -1).mean(1)
                 add("perceptual", dist.sum())
             schedule = out.quant.schedule
+            latent = out.latent.float()
             for k in range(1, len(schedule.scales) + 1):
-                partial = model.decoder(model.quantizer.cumulative(out.quant.codes, schedule, k), video.shape[2])
+                prefix = model.quantizer.cumulative(out.quant.codes, schedule, k)
+                partial = model.decoder(prefix, video.shape[2])
                 add(f"psnr_prefix_{k}", vm.psnr(self._unit(partial.float()).clamp(0, 1), target).sum())
+                add(f"latent_residual_prefix_{k}", relative_residual(latent, prefix.float()).sum())
             for name, code in zip(stage_names(schedule), out.quant.codes):
                 ones = (code > 0).transpose(0, 1).flatten(1).float()  # (d, tokens)
                 add(f"tokens/{name}", ones.shape[1])
@@ -259,7 +262,7 @@ class TokenizerTask(Task):
         out = {f"val_{k}": sums[k] / seen for k in ("psnr", "ssim", "l1", "flicker", "flicker_input", "temporal_error")}
         if "perceptual" in sums:
             out[f"val_{self.perceptual_label}"] = sums["perceptual"] / seen
-        out.update({f"val_{k}": v / seen for k, v in sums.items() if k.startswith("psnr_prefix_")})
+        out.update({f"val_{k}": v / seen for k, v in sums.items() if k.startswith(("psnr_prefix_", "latent_residual_prefix_"))})
         entropies, dead = [], 0
         for key in sorted(k for k in sums if k.startswith("tokens/")):
             name = key.split("/", 1)[1]
@@ -345,3 +348,7 @@ def _bernoulli_entropy(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-9, 1 - 1e-9)
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
+
+def relative_residual(latent: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
+    """Per video: ||latent - approx|| / ||latent|| (what a prefix of scales leaves of the latent)."""
+    return (latent - approx).flatten(1).norm(dim=1) / latent.flatten(1).norm(dim=1).clamp_min(1e-12)
