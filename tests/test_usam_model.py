@@ -324,3 +324,20 @@ def test_a_guided_text_sample_is_not_degenerate():
     null = model.generate(q, model.null_condition(2, torch.device("cpu")), 2, generator=torch.Generator().manual_seed(0))
     null_share = float(torch.cat([b.flatten() for b in null]).float().mean())
     assert 0.2 < null_share < 0.8, f"share of +1 bits {null_share:.3f} under the null text"
+
+
+@pytest.mark.parametrize("depth, moved", [(1, [1, 2]), (2, [1, 2, 3])])
+def test_with_sparse_attention_an_older_segments_finest_code_arrives_one_layer_per_segment_between(depth, moved):
+    torch.manual_seed(0)
+    model = USAM(USAMConfig(BITS, SCALES, 4, 1, width=32, depth=depth, heads=2, attention="sparse", num_classes=10)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    q = MultiScaleBSQ(BITS, SCALES, 1)
+    out = q(torch.randn(2, BITS, 4, 4, 4))
+    cond = {"class": torch.tensor([3, 7])}
+    base = model(q.next_scale_inputs(out.codes, model.schedule), cond)
+    flipped = model(q.next_scale_inputs(_flip_finest(out.codes, 0), model.schedule), cond)
+    changed = _changed_stages(model, flipped, base)
+    per_segment = len(SCALES)
+    segments_moved = [k for k in range(4) if any(changed[k * per_segment:(k + 1) * per_segment])]
+    assert segments_moved == moved

@@ -13,8 +13,9 @@ bit of every token of the stage at once. Which earlier tokens a token may attend
 - ``block_causal`` (VAR): every token of every earlier stage, and its own stage;
 - ``sparse`` (InfinityStar): its own stage and the largest scale of the previous segment. Over
   the model's depth D the reach chains (:func:`attention_reach`): a stage of segment k reaches
-  the largest scales of segments k-1 .. k-D, and its own segment's earlier scales and the
-  previous segment's full code only through its input map;
+  the largest scales of segments k-1 .. k-D; its own segment's earlier scales and the previous
+  segment's full code reach it through its input map, and the code of segment k-j after j-1
+  layers (through the inputs of the segments between);
 - ``factorized``: spatial attention within its own frame plus causal temporal attention
   across frames at its own position, and earlier stages up to its own frame.
 
