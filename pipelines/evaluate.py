@@ -8,8 +8,8 @@ dataset's test split and with its domain evaluators:
   beside the real-vs-real floor (test vs train);
 * class accuracy of the samples (frame evaluator), diversity (mean pairwise perceptual distance
   between samples of the same class: ``lpips_alex`` with local weights, else ``domain_perceptual``);
-* temporal coherence: flicker, warping error (Farneback flow, occlusion-masked) and feature
-  consistency, for the samples and the real videos;
+* temporal coherence: motion-compensated flicker and warping error (Farneback flow, occlusion-masked),
+  feature consistency, and VBench's raw-frame flicker for reference, for the samples and the real videos;
 * cost: warm latency per video at batch 1 and batch ``eval.batch_size`` (median of repeats),
   parameters, FLOPs per sample, training time and peak memory from the training run;
 * transfer: the same samples against the other dataset's test split and evaluators.
@@ -35,11 +35,10 @@ from usam.errors import UsamError, main_guard
 from usam.eval.cost import flops_of, median_latency, training_record
 from usam.eval.fidelity import frames_of, inception_scores, register_domain_extractor, video_fidelity
 from usam.eval.generators import load_generator
-from usam.eval.temporal import feature_consistency, warping_error
+from usam.eval.temporal import temporal_scores
 from usam.files import atomic_dir
 from usam.media.panels import save_png, strip_grid
 from usam.media.perceptual import LpipsDistance, load_domain_distance
-from usam.media.video_metrics import flicker
 from usam.paths import resolve
 from usam.track import client_for
 from usam.train import with_dataset
@@ -86,12 +85,6 @@ def perceptual(cfg, root, frame, normalize: dict):
     return load_domain_distance(frame.path, frame.sha256, normalize)
 
 
-def temporal_scores(videos: torch.Tensor, frame_net, normalize: dict, prefix: str) -> dict[str, float]:
-    sub = videos[:TEMPORAL_VIDEOS].float() / (255.0 if videos.dtype == torch.uint8 else 1.0)
-    return {f"{prefix}flicker": float(flicker(sub).mean()), f"{prefix}warping_error": float(warping_error(sub).mean()),
-            f"{prefix}feature_consistency": float(feature_consistency(sub, frame_net, normalize).mean())}
-
-
 @main_guard
 def main(argv: list[str] | None = None) -> None:
     args, root, cfg, layout = parse_stage(__doc__, argv, {
@@ -135,8 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     distance = perceptual(cfg, root, frame, normalize)
     scores[f"diversity_{distance.label}"] = diversity(fake, classes, distance)
     frame_net, _ = load_evaluator("frame", frame.path, frame.sha256)
-    scores.update(temporal_scores(fake, frame_net, normalize, ""))
-    scores.update(temporal_scores(test, frame_net, normalize, "real/"))
+    scores.update(temporal_scores(fake[:TEMPORAL_VIDEOS], frame_net, normalize, ""))
+    scores.update(temporal_scores(test[:TEMPORAL_VIDEOS], frame_net, normalize, "real/"))
 
     one, batch = classes[:1], classes[: cfg.eval.batch_size]
     scores["latency_s_batch1"] = median_latency(lambda: gen.sample(one, cfg.seed), repeats=5)
