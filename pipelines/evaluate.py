@@ -8,9 +8,10 @@ dataset's test split and with its domain evaluators:
   beside the real-vs-real floor (test vs train);
 * class accuracy of the samples (frame evaluator), diversity (mean pairwise perceptual distance
   between samples of the same class: ``lpips_alex`` with local weights, else ``domain_perceptual``);
-* temporal coherence: flicker, warping error (Farneback flow, occlusion-masked) and feature
-  consistency, for the samples and the real videos; and how later frames agree with the first
-  (``frame0_l1``, ``frame0_class_agreement``: what next-clip conditioning moves);
+* temporal coherence: motion-compensated flicker and warping error (Farneback flow, occlusion-masked),
+  feature consistency, and VBench's raw-frame flicker for reference, for the samples and the real videos;
+  and how later frames agree with the first (``frame0_l1``, ``frame0_class_agreement``: what next-clip
+  conditioning moves);
 * cost: warm latency per video at batch 1 and batch ``eval.batch_size`` (median of repeats),
   parameters, FLOPs per sample, training time and peak memory from the training run;
 * transfer: the same samples against the other dataset's test split and evaluators.
@@ -37,11 +38,10 @@ from usam.eval.cost import flops_of, median_latency, training_record
 from usam.eval.fidelity import frames_of, inception_scores, register_domain_extractor, video_fidelity
 from usam.eval.generators import load_generator
 from usam.eval.first_frame import first_frame_agreement
-from usam.eval.temporal import feature_consistency, warping_error
+from usam.eval.temporal import temporal_scores
 from usam.files import atomic_dir
 from usam.media.panels import save_png, strip_grid
 from usam.media.perceptual import LpipsDistance, load_domain_distance
-from usam.media.video_metrics import flicker
 from usam.paths import resolve
 from usam.track import client_for
 from usam.train import with_dataset
@@ -88,12 +88,6 @@ def perceptual(cfg, root, frame, normalize: dict):
     return load_domain_distance(frame.path, frame.sha256, normalize)
 
 
-def temporal_scores(videos: torch.Tensor, frame_net, normalize: dict, prefix: str) -> dict[str, float]:
-    sub = videos[:TEMPORAL_VIDEOS].float() / (255.0 if videos.dtype == torch.uint8 else 1.0)
-    return {f"{prefix}flicker": float(flicker(sub).mean()), f"{prefix}warping_error": float(warping_error(sub).mean()),
-            f"{prefix}feature_consistency": float(feature_consistency(sub, frame_net, normalize).mean())}
-
-
 @main_guard
 def main(argv: list[str] | None = None) -> None:
     args, root, cfg, layout = parse_stage(__doc__, argv, {
@@ -137,8 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     distance = perceptual(cfg, root, frame, normalize)
     scores[f"diversity_{distance.label}"] = diversity(fake, classes, distance)
     frame_net, _ = load_evaluator("frame", frame.path, frame.sha256)
-    scores.update(temporal_scores(fake, frame_net, normalize, ""))
-    scores.update(temporal_scores(test, frame_net, normalize, "real/"))
+    scores.update(temporal_scores(fake[:TEMPORAL_VIDEOS], frame_net, normalize, ""))
+    scores.update(temporal_scores(test[:TEMPORAL_VIDEOS], frame_net, normalize, "real/"))
     for prefix, videos in (("", fake), ("real/", test)):  # do later frames keep what the first frame shows?
         scores.update({f"{prefix}{k}": float(v.mean()) for k, v in first_frame_agreement(videos, frame_net, normalize).items()})
 

@@ -1,17 +1,19 @@
 """Sample fidelity through torch-fidelity: FID, IS, KID and precision/recall on frames, FVD-domain on clips.
 
 The features come from the in-project domain evaluators (``evaluators`` stage), registered as
-torch-fidelity feature extractors whose name carries the weights' sha256, so a feature cache
-can never outlive the weights it was computed with. Scores are labelled by what they were
-computed on: ``fid_domain``, ``is_domain``, ... on the frame evaluator; ``fvd_domain`` on the
-clip evaluator. None is comparable with published Inception/I3D numbers. Standard Inception
-FID/IS run only when ``eval.inception_weights`` names a local file (sha256 checked); nothing is
-ever downloaded, and a requested metric whose weights are missing is an error, never a silent
-fallback to another metric under the same name.
+torch-fidelity feature extractors whose name carries everything that changes the features (the
+evaluator kind, the weights' sha256 and the input normalisation's mean and std), so neither a
+feature cache nor an earlier registration can stand in for other weights or another
+normalisation. Scores are labelled by what they were computed on: ``fid_domain``, ``is_domain``,
+... on the frame evaluator; ``fvd_domain`` on the clip evaluator. None is comparable with
+published Inception/I3D numbers. Standard Inception FID/IS run only when ``eval.inception_weights``
+names a local file (sha256 checked); nothing is ever downloaded, and a requested metric whose
+weights are missing is an error, never a silent fallback to another metric under the same name.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -78,21 +80,34 @@ def _extractor_class():
     return DomainExtractor
 
 
+def extractor_name(kind: str, sha256: str, mean: torch.Tensor, std: torch.Tensor) -> str:
+    """``usam-domain-<kind>-<weights sha256[:16]>-<12 hex of a sha256 over the kind, the full weights sha256 and
+    the float32 mean and std>``: one name per evaluator kind, weights and normalisation."""
+    digest = hashlib.sha256()
+    for part in (kind.encode(), sha256.encode(), mean.float().contiguous().numpy().tobytes(),
+                 std.float().contiguous().numpy().tobytes()):
+        digest.update(len(part).to_bytes(8, "little") + part)
+    return f"usam-domain-{kind}-{sha256[:16]}-{digest.hexdigest()[:12]}"
+
+
 def register_domain_extractor(kind: str, weights: Path, sha256: str | None, normalize: dict) -> str:
-    """Register the ``kind`` ("frame" or "clip") evaluator with torch-fidelity; returns the extractor name."""
+    """Register the ``kind`` ("frame" or "clip") evaluator with torch-fidelity; returns the extractor name,
+    which differs for other weights or another normalisation (:func:`extractor_name`)."""
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
     net, sha = load_evaluator(kind, weights, sha256)
-    name = f"usam-domain-{kind}-{sha[:16]}"
+    view = (1, -1, 1, 1) if kind == "frame" else (1, -1, 1, 1, 1)
+    mean, std = stats_tensors(normalize, view)
+    name = extractor_name(kind, sha, mean, std)
     if name not in FEATURE_EXTRACTORS_REGISTRY:
-        view = (1, -1, 1, 1) if kind == "frame" else (1, -1, 1, 1, 1)
-        _NETS[name] = (net, *stats_tensors(normalize, view))
+        _NETS[name] = (net, mean, std)
         register_feature_extractor(name, _extractor_class())
     return name
 
 
-def check_sets(real: torch.Tensor, fake: torch.Tensor, *, kid_subset: int, what: str) -> None:
-    """Shapes that torch-fidelity would mis-handle or reject deep inside: say so first."""
+def check_sets(real: torch.Tensor, fake: torch.Tensor, *, kid_subset: int, what: str, prc: bool) -> None:
+    """Shapes that torch-fidelity would mis-handle or reject deep inside: say so first. ``prc``: whether
+    precision/recall will be computed (it needs at least 4 items per set)."""
     if real.shape[1:] != fake.shape[1:]:
         raise UsamError(f"{what}: real items are {tuple(real.shape[1:])}, generated ones {tuple(fake.shape[1:])}",
                         where=what, fix="generate at the dataset's resolution and frame count (or resize both first)")
@@ -101,7 +116,7 @@ def check_sets(real: torch.Tensor, fake: torch.Tensor, *, kid_subset: int, what:
         raise UsamError(f"{what}: KID subsets of {kid_subset} need at least {kid_subset} items per set, "
                         f"got {smallest}", where=what, fix=f"sample at least {kid_subset} videos "
                         f"(eval.num_samples) or lower the KID subset size")
-    if smallest < 4:
+    if prc and smallest < 4:
         raise UsamError(f"{what}: {smallest} items are too few for precision/recall (3 nearest neighbours)",
                         where=what, fix="sample more videos (eval.num_samples)")
 
@@ -111,7 +126,7 @@ def fidelity(real: torch.Tensor, fake: torch.Tensor, extractor: str, *, label: s
     """Scores of ``fake`` against ``real`` (uint8 or [0, 1] float), keyed ``<metric>_<label>``."""
     from torch_fidelity import calculate_metrics
 
-    check_sets(real, fake, kid_subset=kid_subset, what=label)
+    check_sets(real, fake, kid_subset=kid_subset, what=label, prc=prc)
     raw = calculate_metrics(input1=Uint8Set(fake), input2=Uint8Set(real), cuda=False, cache=False, verbose=False,
                             save_cpu_ram=True, feature_extractor=extractor, fid=True, kid=True, isc=isc, prc=prc,
                             kid_subset_size=kid_subset, isc_splits=min(10, fake.shape[0] // 2), batch_size=64)
@@ -135,7 +150,7 @@ def inception_scores(real: torch.Tensor, fake: torch.Tensor, weights: str | Path
     path = verified_file(Path(weights), sha256, "Inception-v3 weights (eval.inception_weights)",
                          "point eval.inception_weights at torch-fidelity's pt_inception-2015-12-05 file, "
                          "or set it to null to report the domain metrics only")
-    check_sets(real, fake, kid_subset=kid_subset, what="inception")
+    check_sets(real, fake, kid_subset=kid_subset, what="inception", prc=False)
     raw = calculate_metrics(input1=Uint8Set(fake), input2=Uint8Set(real), cuda=False, cache=False, verbose=False,
                             save_cpu_ram=True, feature_extractor="inception-v3-compat",
                             feature_extractor_weights_path=str(path), fid=True, isc=True, kid=True,

@@ -41,7 +41,11 @@ def ssim(recon: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: flo
 
 
 def flicker(video: torch.Tensor) -> torch.Tensor:
-    """VBench temporal flickering, (255 - mean |frame_t - frame_t+1|) / 255: 1.0 for a still video."""
+    """VBench temporal flickering, (255 - mean |frame_t - frame_t+1|) / 255: 1.0 for a still video.
+
+    Raw frames, no motion compensation: on moving content it measures the motion as much as any flicker
+    (dimming alternate frames of moving digits can raise it). The evaluation's flicker figure is the
+    motion-compensated one, :func:`usam.eval.temporal.motion_compensated_flicker`."""
     if video.shape[2] < 2:
         return torch.ones(video.shape[0], device=video.device)
     return 1.0 - (video[:, :, 1:] - video[:, :, :-1]).abs().flatten(1).mean(1)

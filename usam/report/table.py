@@ -2,10 +2,11 @@
 
 One row per model and dataset (mean +- std over seeds where several evaluation records exist),
 plus the real-vs-real floor per dataset; columns: fidelity (domain FID, IS, KID, precision,
-recall, FVD), class accuracy, diversity, temporal coherence (flicker, warping error, feature
-consistency), cost (latency, parameters, FLOPs per sample, training time, peak memory), the
-transfer case (samples against the other dataset), code availability and reproducibility notes
-read from the training run (commit, clean tree, seed, config hash, weights sha256).
+recall, FVD), class accuracy, diversity, temporal coherence (motion-compensated flicker, warping
+error, feature consistency), cost (latency, parameters, FLOPs per sample, training time, peak
+memory), the transfer case (samples against the other dataset), code availability and
+reproducibility notes read from the training run (commit, clean tree, seed, config hash, weights
+sha256).
 
 Writes reports/comparison.{csv,md,html}, the bar-chart data reports/comparison_bars.csv and the
 training curves reports/curves/<model>_<dataset>.csv for `dvc plots`, and logs the table to an
@@ -32,8 +33,9 @@ FAMILY = {"usam": "USAM (next-scale + next-clip AR)", "raster_ar": "autoregressi
 COLUMNS = [  # (metric key, column title, decimals)
     ("fid_domain", "FID-domain ↓", 2), ("is_domain", "IS-domain ↑", 2), ("kid_domain", "KID-domain ↓", 4),
     ("precision_domain", "precision ↑", 3), ("recall_domain", "recall ↑", 3), ("fvd_domain", "FVD-domain ↓", 2),
-    ("class_acc", "class acc ↑", 3), ("diversity", "diversity ↑", 3), ("flicker", "flicker ↑", 4),
-    ("warping_error", "warping error ↓", 4), ("feature_consistency", "feature consistency ↑", 3),
+    ("class_acc", "class acc ↑", 3), ("diversity", "diversity ↑", 3),
+    ("flicker_mc", "flicker (motion-comp.) ↑", 4), ("warping_error", "warping error ↓", 4),
+    ("feature_consistency", "feature consistency ↑", 3),
     ("latency_s_batch1", "latency b1 (s) ↓", 4), ("latency_per_video", "latency/video bN (s) ↓", 5),
     ("parameters", "params", 0), ("flops_per_sample", "GFLOP/sample", 3), ("train_seconds", "train (s)", 0),
     ("peak_memory_mb", "peak mem (MiB)", 0), ("transfer_fid", "transfer FID ↓", 2),
@@ -118,7 +120,7 @@ def build_table(records: list[dict], client=None) -> pd.DataFrame:
         for key, _, _ in COLUMNS:
             row[key] = float(first.get(f"floor/{key}", float("nan"))) if key in (
                 "fid_domain", "is_domain", "kid_domain", "fvd_domain") else float("nan")
-            if key in ("flicker", "warping_error", "feature_consistency"):
+            if key in ("flicker_mc", "warping_error", "feature_consistency"):
                 row[key] = float(first.get(f"real/{key}", float("nan")))
             row[f"{key}_std"] = float("nan")
         rows.append(row)
@@ -145,7 +147,9 @@ def to_markdown(table: pd.DataFrame) -> str:
     notes = ("\n*-domain metrics use the in-project domain evaluators' features (weights sha256 in the extractor name): "
              "comparable across rows of this table, not with published Inception/I3D numbers. Diversity is the mean "
              f"pairwise {', '.join(sorted(set(table['diversity_metric']) - {''}))} distance within a class. "
-             "Transfer FID: the samples against the other dataset's test split. ± is the std over seeds.\n")
+             "Flicker (motion-comp.): 1 - the mean local brightness change left between frames after optical-flow "
+             "motion compensation (1 = none). Transfer FID: the samples against the other dataset's test split. "
+             "± is the std over seeds.\n")
     return "\n".join(lines) + "\n" + notes
 
 
