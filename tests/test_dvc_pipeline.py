@@ -182,6 +182,7 @@ def test_the_evaluators_stage_trains_through_the_harness_and_reports_metrics(bui
         other = DATASETS[1 - DATASETS.index(name)]
         assert f"transfer/{other}/fid_domain" in scores and "floor/fid_domain" in scores
         assert 0.0 <= scores["real/flicker_mc"] <= 1.0 and scores["warping_error"] >= 0
+        assert 0.0 <= scores["frame0_class_agreement"] <= 1.0 and scores["real/frame0_l1"] > 0
         record = client_for(compose(TINY), built).get_run(scores["mlflow_run_id"])
         assert record.data.metrics["eval/fid_domain"] == pytest.approx(scores["fid_domain"], rel=1e-5)
     table = (built / "reports" / "comparison.md").read_text()

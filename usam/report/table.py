@@ -3,7 +3,7 @@
 One row per model and dataset (mean +- std over seeds where several evaluation records exist),
 plus the real-vs-real floor per dataset; columns: fidelity (domain FID, IS, KID, precision,
 recall, FVD), class accuracy, diversity, temporal coherence (motion-compensated flicker, warping
-error, feature consistency), cost (latency, parameters, FLOPs per sample, training time, peak
+error, feature consistency, and the share of later frames in the first frame's class), cost (latency, parameters, FLOPs per sample, training time, peak
 memory), the transfer case (samples against the other dataset), code availability and
 reproducibility notes read from the training run (commit, clean tree, seed, config hash, weights
 sha256).
@@ -35,7 +35,7 @@ COLUMNS = [  # (metric key, column title, decimals)
     ("precision_domain", "precision ↑", 3), ("recall_domain", "recall ↑", 3), ("fvd_domain", "FVD-domain ↓", 2),
     ("class_acc", "class acc ↑", 3), ("diversity", "diversity ↑", 3),
     ("flicker_mc", "flicker (motion-comp.) ↑", 4), ("warping_error", "warping error ↓", 4),
-    ("feature_consistency", "feature consistency ↑", 3),
+    ("feature_consistency", "feature consistency ↑", 3), ("frame0_class_agreement", "frame-0 class agreement ↑", 3),
     ("latency_s_batch1", "latency b1 (s) ↓", 4), ("latency_per_video", "latency/video bN (s) ↓", 5),
     ("parameters", "params", 0), ("flops_per_sample", "GFLOP/sample", 3), ("train_seconds", "train (s)", 0),
     ("peak_memory_mb", "peak mem (MiB)", 0), ("transfer_fid", "transfer FID ↓", 2),
@@ -120,7 +120,7 @@ def build_table(records: list[dict], client=None) -> pd.DataFrame:
         for key, _, _ in COLUMNS:
             row[key] = float(first.get(f"floor/{key}", float("nan"))) if key in (
                 "fid_domain", "is_domain", "kid_domain", "fvd_domain") else float("nan")
-            if key in ("flicker_mc", "warping_error", "feature_consistency"):
+            if key in ("flicker_mc", "warping_error", "feature_consistency", "frame0_class_agreement"):
                 row[key] = float(first.get(f"real/{key}", float("nan")))
             row[f"{key}_std"] = float("nan")
         rows.append(row)
