@@ -10,7 +10,7 @@ from usam.artifacts.weights import load_weights
 from usam.errors import UsamError
 from usam.files import sha256_file
 from usam.models.evaluators import ClipClassifier, FrameClassifier
-from usam.models.tokenizer import SpacetimeTokenizer
+from usam.models.tokenizer import TRAINING_ONLY, SpacetimeTokenizer
 
 EVALUATOR_FIX = "run `dvc repro evaluators` (or `usam train evaluator_{kind}`) to create {name}"
 
@@ -42,6 +42,6 @@ def load_tokenizer(path: Path, expected_sha256: str | None = None) -> tuple[Spac
         raise UsamError(f"{Path(path).name} is not an exported tokenizer (task {state.get('task')!r})", where=str(path),
                         fix="pass the weights written by the `tokenizer` stage (models/tokenizer/<dataset>/tokenizer.pt)")
     model = SpacetimeTokenizer(**state["model_kwargs"])
-    weights = {k: v for k, v in state["model"].items() if not k.startswith("discriminator.")}
+    weights = {k: v for k, v in state["model"].items() if not k.startswith(TRAINING_ONLY)}
     model.load_state_dict(weights)
     return model.eval(), state

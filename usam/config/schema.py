@@ -440,6 +440,26 @@ class AuxTask:
 
 
 @dataclass(frozen=True)
+class ContrastiveLoss:
+    weight: float = knob(ge=0.0, le=100.0, doc="InfoNCE weight (0: off: no projection head, no second view, no RNG draw)")
+    temperature: float = knob(gt=0.0, le=10.0, doc="temperature of the InfoNCE cosine-similarity softmax")
+    dim: int = knob(ge=2, le=4096, doc="width of the projection head (an MLP on the time- and space-pooled latent)")
+    shift: int = knob(ge=0, le=16, doc="second view: max spatial shift in pixels per clip (edges replicated)")
+    brightness: float = knob(ge=0.0, lt=1.0, doc="second view: max relative brightness change per clip")
+
+
+@dataclass(frozen=True)
+class PredictiveLoss:
+    weight: float = knob(ge=0.0, le=100.0, doc="next-latent-frame MSE weight (0: off: no predictor head)")
+    kernel: int = knob(ge=1, le=8, doc="latent frames the causal predictor sees (its temporal kernel)")
+    hidden: int = knob(ge=1, le=4096, doc="channels of the predictor's hidden layer")
+    detach_target: bool = knob(
+        doc="stop the gradient through the target frame (true: the encoder is not pulled towards latents that "
+            "do not change in time; it learns only to make the past informative)"
+    )
+
+
+@dataclass(frozen=True)
 class TokenizerLoss:
     l1: float = knob(ge=0.0, le=100.0, doc="L1 reconstruction weight")
     l2: float = knob(ge=0.0, le=100.0, doc="L2 reconstruction weight")
@@ -450,6 +470,8 @@ class TokenizerLoss:
     super_resolution: AuxTask = knob(doc="multi-task auxiliary: the full-resolution clip from a downsampled input")
     commitment: float = knob(ge=0.0, le=100.0, doc="BSQ commitment weight (seed: 0.25)")
     entropy: float = knob(ge=0.0, le=100.0, doc="BSQ entropy weight (seed: 0.1)")
+    contrastive: ContrastiveLoss = knob(doc="auxiliary: InfoNCE between two views of each clip (batch negatives)")
+    predictive: PredictiveLoss = knob(doc="auxiliary: predict the next pre-quantization latent frame from earlier ones")
 
     def check(self) -> list[str]:
         if self.l1 + self.l2 == 0:
@@ -471,6 +493,12 @@ class TokenizerConfig:
     loss: TokenizerLoss = knob()
     eval: TokenizerEval = knob()
     train: TrainConfig = knob(doc="its training recipe (inherits usam/conf/train/default.yaml)")
+
+    def check(self) -> list[str]:
+        if self.loss.contrastive.weight > 0 and self.train.batch_size < 2:
+            return ["{path}.loss.contrastive needs negatives: set {path}.train.batch_size >= 2 (the other clips of "
+                    "a batch are the negatives), or {path}.loss.contrastive.weight=0"]
+        return []
 
 
 @dataclass(frozen=True)

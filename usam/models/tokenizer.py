@@ -155,3 +155,42 @@ class PatchGAN3d(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.net(video)
+
+
+# Submodules the tokenizer task attaches for training only (their keys are in the checkpoint and the exported
+# file, never in the rebuilt tokenizer): the PatchGAN critic and the auxiliary-objective heads.
+TRAINING_ONLY = ("discriminator.", "aux.")
+
+
+class ProjectionHead(nn.Module):
+    """The contrastive head: a latent (B, d, t, h, w) pooled over time and space, through a 2-layer MLP, onto the
+    unit sphere (B, dim), where InfoNCE compares clips by cosine similarity."""
+
+    def __init__(self, bits: int, dim: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(bits, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(latent.float().mean(dim=(2, 3, 4))), dim=1)
+
+
+class LatentPredictor(nn.Module):
+    """The predictive head: latent frames 1..t-1 from the frames before each, causally.
+
+    ``forward(z)`` with z (B, d, t, h, w) returns (B, d, t-1, h, w) whose frame j predicts z[:, :, j+1] from
+    z[:, :, :j+1] only: the last frame plus a change from a causal temporal conv (``kernel`` frames in time, 3x3
+    in space, so motion between grid cells can be predicted). The change's output layer starts at zero, so the
+    predictor begins as "nothing moves"."""
+
+    def __init__(self, bits: int, hidden: int = 32, kernel: int = 2):
+        super().__init__()
+        self.conv_in = CausalConv3d(bits, hidden, (kernel, 3, 3))
+        self.conv_out = CausalConv3d(hidden, bits, (1, 1, 1))
+        nn.init.zeros_(self.conv_out.conv.weight)
+        nn.init.zeros_(self.conv_out.conv.bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.shape[2] < 2:
+            raise ValueError(f"a latent of {z.shape[2]} frame(s) has no next frame to predict")
+        past = z[:, :, :-1]
+        return past + self.conv_out(F.silu(self.conv_in(past)))

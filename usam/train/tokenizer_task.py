@@ -5,7 +5,9 @@ a perceptual distance (real LPIPS on local weights, else the domain evaluator's,
 a 3D PatchGAN hinge loss with a start step and VQGAN's adaptive weight; temporal
 consistency; denoising and super-resolution auxiliaries (a share of each batch gets a
 corrupted input and must still give back the clean clip, so they cost no extra pass);
-BSQ commitment and entropy.
+BSQ commitment and entropy; and two optional auxiliary objectives for stable representations, off by default:
+contrastive (InfoNCE between two views of each clip) and predictive (the next latent frame from the earlier ones).
+Their heads are training-only (``model.aux``, like ``model.discriminator``): never part of the rebuilt tokenizer.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from usam.media import video_metrics as vm
 from usam.media.panels import save_gif, save_png, side_by_side_frames, strip_grid
 from usam.media.perceptual import DOMAIN_LABEL, LPIPS_LABEL, LpipsDistance, load_domain_distance
 from usam.models.bsq import check_schedule
-from usam.models.tokenizer import PatchGAN3d, SpacetimeTokenizer, latent_frames
+from usam.models.tokenizer import LatentPredictor, PatchGAN3d, ProjectionHead, SpacetimeTokenizer, latent_frames
 from usam.train.task import Task, require_splits, unwrap
 
 ROLE_RECON, ROLE_DENOISE, ROLE_SR = 0, 1, 2
@@ -99,6 +101,9 @@ class TokenizerTask(Task):
         adv = self.tcfg.loss.adversarial
         if adv.weight > 0:
             model.discriminator = PatchGAN3d(adv.channels, adv.layers)
+        heads = aux_heads(self.tcfg)
+        if heads:  # built only when switched on: with both weights 0 no parameter is made and no RNG is drawn
+            model.aux = nn.ModuleDict(heads)
         return model
 
     def export_meta(self) -> dict:
@@ -192,8 +197,27 @@ class TokenizerTask(Task):
         bare = unwrap(model)
         if L.adversarial.weight > 0:
             loss = loss + self._adversarial(bare, video, recon, nll, step, parts)
+        if L.contrastive.weight > 0:
+            c = self._contrastive(bare, video, out.latent)
+            loss = loss + L.contrastive.weight * c
+            parts["contrastive"] = _num(c)
+        if L.predictive.weight > 0:
+            pred = predictive_loss(bare.aux["predictive"], out.latent, L.predictive.detach_target)
+            loss = loss + L.predictive.weight * pred
+            parts["predictive"] = _num(pred)
         parts = {"loss": _num(loss), **parts}
         return loss, parts
+
+    def _contrastive(self, bare: nn.Module, video: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """InfoNCE between the latent of the training input (``latent``: noised or downsampled for the
+        denoising / super-resolution share) and that of a second view of the clean clip (shifted, brightness
+        jittered; one extra encoder pass); the batch's other clips are the negatives."""
+        c = self.tcfg.loss.contrastive
+        mean, std = stats_tensors(self.stats, (1, -1, 1, 1, 1), video.device)
+        view = second_view(video, mean, std, c.shift, c.brightness)
+        other = bare._run(bare.encoder, view)
+        head = bare.aux["contrastive"]
+        return info_nce(head(latent), head(other), c.temperature)
 
     def _adversarial(self, bare: nn.Module, video, recon, nll, step: int, parts: dict) -> torch.Tensor:
         """Hinge PatchGAN: the critic learns from step 0; the generator term starts at ``start_step``."""
@@ -314,6 +338,47 @@ def schedule_problems(cfg: Config) -> list[str]:
     clip = later if q.clip_frames is None else q.clip_frames
     return [f"{problem} ({where}): set tokenizer.quantizer.scales to end at {grid} and tokenizer.quantizer.clip_frames "
             f"to a divisor of {later} (or null)" for problem in check_schedule(tuple(q.scales), grid, later, clip)]
+
+
+def aux_heads(tcfg: TokenizerConfig) -> dict[str, nn.Module]:
+    """The training-only heads of the auxiliary objectives that are switched on (none by default)."""
+    L, bits = tcfg.loss, tcfg.quantizer.bits
+    heads: dict[str, nn.Module] = {}
+    if L.contrastive.weight > 0:
+        heads["contrastive"] = ProjectionHead(bits, L.contrastive.dim)
+    if L.predictive.weight > 0:
+        heads["predictive"] = LatentPredictor(bits, L.predictive.hidden, L.predictive.kernel)
+    return heads
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE over unit vectors (N, D): row i of ``a`` and row i of ``b`` are a positive pair, every
+    other row of the other side is a negative. log N when the views tell nothing apart; towards 0 when each
+    view is closer to its partner than to any other clip."""
+    logits = a.float() @ b.float().t() / temperature
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def predictive_loss(predictor: nn.Module, latent: torch.Tensor, detach_target: bool = True) -> torch.Tensor:
+    """MSE of the predicted against the actual latent frames 1..t-1 (each predicted from the frames before it)."""
+    target = latent[:, :, 1:].float()
+    return F.mse_loss(predictor(latent).float(), target.detach() if detach_target else target)
+
+
+def second_view(video: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, shift: int, brightness: float
+                ) -> torch.Tensor:
+    """The contrastive second view of normalized clips (B, C, T, H, W): per clip, its brightness (in pixel
+    values) scaled by a factor in [1 - brightness, 1 + brightness] and every frame shifted by up to ``shift``
+    pixels in each direction (edges replicated), the same for all frames of a clip."""
+    b, _, _, h, w = video.shape
+    gain = 1 + brightness * (2 * torch.rand(b, 1, 1, 1, 1, device=video.device) - 1)
+    out = ((video.float() * std + mean) * gain - mean) / std
+    if shift > 0:
+        padded = F.pad(out, (shift, shift, shift, shift, 0, 0), mode="replicate")
+        offsets = torch.randint(0, 2 * shift + 1, (b, 2)).tolist()
+        out = torch.stack([padded[i, :, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    return out
 
 
 def hinge_critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
