@@ -36,8 +36,8 @@ from usam.data import VideoDataset
 from usam.errors import UsamError, main_guard
 from usam.eval.cost import flops_of, median_latency, training_record
 from usam.eval.fidelity import frames_of, inception_scores, register_domain_extractor, video_fidelity
-from usam.eval.generators import load_generator
 from usam.eval.first_frame import first_frame_agreement
+from usam.eval.generators import load_generator
 from usam.eval.temporal import temporal_scores
 from usam.files import atomic_dir
 from usam.media.panels import save_png, strip_grid

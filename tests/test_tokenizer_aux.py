@@ -16,9 +16,9 @@ from usam.artifacts.loaders import load_tokenizer
 from usam.config import compose
 from usam.errors import ConfigError
 from usam.models.tokenizer import LatentPredictor, ProjectionHead, SpacetimeTokenizer
-from usam.tune.spec import load_ablation
 from usam.train.tasks import make_task
 from usam.train.tokenizer_task import info_nce, predictive_loss, second_view, tokenizer_kwargs
+from usam.tune.spec import load_ablation
 
 TINY_TOKENIZER = ["tokenizer.arch.base_channels=8", "tokenizer.quantizer.bits=8", "tokenizer.loss.perceptual.weight=0"]
 STATS = {"mean": [0.2, 0.3, 0.4], "std": [0.25, 0.5, 0.3]}

@@ -277,13 +277,13 @@ def _measured_stage_reach(model, query_stage: int) -> list[int]:
     """The stages whose input moves ``query_stage``'s logits (one stage's input perturbed at a time)."""
     torch.manual_seed(1)
     inputs = [None] + [torch.randn(1, 2 * BITS, st.frames, st.side, st.side) for st in model.schedule.stages[1:]]
-    base = model(inputs, {"class": torch.tensor([2])})
+    base = model(inputs, {"class": torch.tensor([2])}).detach()
     lo, hi = model.bounds[query_stage], model.bounds[query_stage + 1]
     seen = []
     for j in range(1, len(inputs)):
         moved = [t.clone() if t is not None else None for t in inputs]
         moved[j] = moved[j] + 1.0
-        if float((model(moved, {"class": torch.tensor([2])}) - base)[:, lo:hi].abs().max()) > 0:
+        if float((model(moved, {"class": torch.tensor([2])}) - base)[:, lo:hi].detach().abs().max()) > 0:
             seen.append(j)
     return seen
 
