@@ -29,7 +29,7 @@ from usam.models.evaluators import FrameClassifier
 from usam.track import tracked_run
 from usam.train.checkpoint import atomic_torch_save
 from usam.train.tasks import make_task
-from usam.tune import stats
+from usam.eval import stats
 from usam.tune.results import ablation_summary
 from usam.tune.runner import Study, _trial_inputs, ablate, sweep, trial_overrides
 

@@ -20,7 +20,7 @@ import yaml
 
 from usam.report.markup import html_table
 from usam.tune.spec import STUDY_TAG, TRIAL_TAG
-from usam.tune.stats import mean_std, verdict, welch
+from usam.eval.stats import mean_std, verdict, welch
 
 
 def trial_table(study, spec, grid, client) -> pd.DataFrame:

@@ -1,5 +1,6 @@
-"""Statistics for ablation grids: mean +- std over seeds, the delta against the reference with a 95%
-confidence interval, Welch's t-test, and a robust/fragile verdict across datasets.
+"""Statistics over seeds, for the comparison table, the graded claims and ablation grids: mean +- std, the
+95% t-interval of a mean, the delta against a reference with its 95% confidence interval, Welch's t-test,
+and a robust/fragile verdict across datasets.
 
 Everything works on plain lists of per-seed scores, so the numbers can be checked by hand.
 """
@@ -39,6 +40,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     if n < 2:
         return mean, float("nan")
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the two-sided Student-t confidence interval of the mean over seeds (nan bounds with
+    a single value; a zero-width interval when every seed agrees)."""
+    mean, std = mean_std(values)
+    n = len(values)
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    half = float(_st.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+    return mean, mean - half, mean + half
 
 
 def welch(variant: list[float], reference: list[float], *, higher_is_better: bool = True,
