@@ -7,6 +7,7 @@ uses the ones ``usam.artifacts.layout`` names (tests/test_dvc_layout.py checks t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,12 +26,14 @@ def parse_stage(doc: str, argv: list[str] | None, positionals: dict[str, str],
     arguments, help). Every path comes back absolute (a relative one is the project's)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, text in positionals.items():
-        parser.add_argument(name, help=text)
+        parser.add_argument(name, help=text, **({"type": _seed} if name == "seed" else {}))
     for flag, (_, text) in paths.items():
         parser.add_argument(f"--{flag}", type=Path, help=f"{text} (default: where the layout keeps it)")
     args = parser.parse_args(argv)
     root = find_project_root()
     cfg = load_params(root / "params.yaml")
+    if "seed" in positionals:  # a generator stage of one seed of `seeds`: its run seed
+        cfg = dataclasses.replace(cfg, seed=args.seed)
     layout = Layout.of(cfg, root)
     for flag, (default, _) in paths.items():
         dest = flag.replace("-", "_")
@@ -40,6 +43,13 @@ def parse_stage(doc: str, argv: list[str] | None, positionals: dict[str, str],
 
 
 DATASET = {"name": "dataset, one of data.build"}
+SEED = {"seed": "the run seed, one of seeds"}
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, not {text!r}")
+    return int(text)
 
 
 def record_weights(client, run_id: str, path: Path, layout: Layout) -> None:

@@ -1,7 +1,8 @@
-"""DVC stage `baseline`: train one baseline (raster_ar, maskgit, gan, diffusion) on one dataset.
+"""DVC stage `baseline`: train one baseline (raster_ar, maskgit, gan, diffusion) on one dataset, with one seed.
 
-Same harness, recipe (`train`), data and seed as USAM. Writes models/baselines/<model>/<name>/
-(<model>.pt and a sample grid per class: PNG, GIF, MP4) and metrics/baselines/<model>/<name>.json
+Same harness, recipe (`train`, at the family's own learning rate when it sets one), data and seeds as
+USAM. Writes models/baselines/<model>/<name>/seed<k>/ (<model>.pt and a sample grid per class: PNG,
+GIF, MP4) and metrics/baselines/<model>/<name>/seed<k>.json
 (validation metrics, the share of samples the frame evaluator assigns to their class with chance
 level, weights sha256, parameters, training time, MLflow run id).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from pipelines import parse_stage, record_weights
+from pipelines import SEED, parse_stage, record_weights
 from usam.errors import UsamError, main_guard
 from usam.eval.class_grid import class_grid
 from usam.eval.generators import load_generator
@@ -24,11 +25,11 @@ from usam.train.tasks import BASELINES, make_task
 @main_guard
 def main(argv: list[str] | None = None) -> None:
     args, root, cfg, layout = parse_stage(__doc__, argv, {
-        "model": f"one of {', '.join(BASELINES)}", "name": "dataset, one of baselines.datasets"}, {
+        "model": f"one of {', '.join(BASELINES)}", "name": "dataset, one of baselines.datasets", **SEED}, {
         "tokenizer": (lambda layout, a: layout.tokenizer_dir(a.name), "the tokenizer it trains on"),
         "evaluators": (lambda layout, a: layout.evaluators(a.name), "the evaluators that score its samples"),
-        "out": (lambda layout, a: layout.generator_dir(a.model, a.name), "the model's folder"),
-        "metrics": (lambda layout, a: layout.generator_metrics(a.model, a.name), "the metrics JSON")})
+        "out": (lambda layout, a: layout.generator_dir(a.model, a.name, a.seed), "the model's folder"),
+        "metrics": (lambda layout, a: layout.generator_metrics(a.model, a.name, a.seed), "the metrics JSON")})
     if args.model not in BASELINES:
         raise UsamError(f"unknown baseline {args.model!r}", where="pipelines.baseline MODEL",
                         fix=f"use one of {', '.join(BASELINES)}")
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out
     client = client_for(cfg, root)
     with atomic_dir(out) as tmp:
-        result = fit(cfg, args.model, root=root, out_dir=tmp / ".fit", run_name=f"{args.model}/{args.name}",
+        result = fit(cfg, args.model, root=root, out_dir=tmp / ".fit", run_name=f"{args.model}/{args.name}/seed{args.seed}",
                      inputs=inputs)
         weights = tmp / f"{args.model}.pt"
         shutil.move(result.weights_path, weights)
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
                   "parameters": gen.parameters}
     record_weights(client, result.run_id, out / weights.name, layout)
     report = {**{k: v for k, v in result.metrics.items() if k.startswith("val_")}, **scores,
-              "weights_sha256": result.weights_sha256, "train_seconds": round(result.train_seconds, 1),
+              "weights_sha256": result.weights_sha256, "train_seconds": round(result.train_seconds, 1), "seed": args.seed,
+              "steps": int(result.metrics.get("step", 0)), "train_flops": int(result.metrics.get("train_flops", 0)),
               "mlflow_run_id": result.run_id}
     path = args.metrics
     path.parent.mkdir(parents=True, exist_ok=True)

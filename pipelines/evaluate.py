@@ -1,7 +1,8 @@
-"""DVC stage `evaluate`: score one trained generator (USAM or a baseline) on one dataset.
+"""DVC stage `evaluate`: score one trained generator (USAM or a baseline, one seed) on one dataset's test split.
 
-Samples ``eval.num_samples`` videos (classes in turn, the run seed) and measures, against the
-dataset's test split and with its domain evaluators:
+Samples ``eval.num_samples`` videos (classes in turn, the run seed as sampling seed) at the sampling
+settings the `select` stage chose on val, and measures, against the dataset's test split and with its
+domain evaluators:
 
 * fidelity: FID / IS / KID / precision / recall on frames and FVD / KVD on clips (domain
   features, labelled ``*_domain``; Inception FID/IS only with a local ``eval.inception_weights``),
@@ -16,9 +17,11 @@ dataset's test split and with its domain evaluators:
   parameters, FLOPs per sample, training time and peak memory from the training run;
 * transfer: the same samples against the other dataset's test split and evaluators.
 
-Writes metrics/eval/<model>/<name>.json (flat, for `dvc metrics show/diff`), a training-curve
-CSV and a frame strip of samples beside real videos under eval/<model>/<name>/, and logs the
-scores (``eval/...``) to the generator's training run.
+Writes metrics/eval/<model>/<name>/seed<k>.json (the scores, flat, for `dvc metrics show/diff`, and
+``record``: sampler settings, sample count and sampling seed, the evaluators' and generator's sha256, the
+test split's content hash, the code commit and the training run), a training-curve CSV and a frame
+strip of samples beside real videos under eval/<model>/<name>/seed<k>/, and logs the scores
+(``eval/...``) and the record (tag ``eval.record``) to the generator's training run.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import json
 import numpy as np
 import torch
 
-from pipelines import parse_stage
+from pipelines import SEED, parse_stage
 from usam.artifacts.loaders import load_evaluator
 from usam.artifacts.sampling import classify_frames
 from usam.data import VideoDataset
@@ -38,12 +41,15 @@ from usam.eval.cost import flops_of, median_latency, training_record
 from usam.eval.fidelity import frames_of, inception_scores, register_domain_extractor, video_fidelity
 from usam.eval.first_frame import first_frame_agreement
 from usam.eval.generators import load_generator
+from usam.eval.select import with_settings
 from usam.eval.temporal import temporal_scores
 from usam.files import atomic_dir
 from usam.media.panels import save_png, strip_grid
 from usam.media.perceptual import LpipsDistance, load_domain_distance
 from usam.paths import resolve
 from usam.track import client_for
+from usam.files import sha256_file
+from usam.track.provenance import git
 from usam.train import with_dataset
 from usam.train.tasks import BASELINES
 
@@ -61,13 +67,38 @@ def real_videos(prepared, name: str, split: str, limit: int | None = None) -> to
     return torch.from_numpy(np.array(videos)).permute(0, 4, 1, 2, 3)
 
 
-def generator_weights(layout, model: str, name: str, folder):
+def generator_weights(layout, model: str, name: str, seed: int, folder):
     """The weights the `usam` or `baseline` stage wrote in ``folder``, with the sha256 and run it recorded."""
-    stage = f"usam@{name}" if model == "usam" else f"baseline@{model}-{name}"
-    weights, report = layout.generator_weights(model, name, folder), layout.generator_metrics(model, name)
+    stage = f"usam@{name}-{seed}" if model == "usam" else f"baseline@{model}-{name}-{seed}"
+    weights, report = layout.generator_weights(model, name, seed, folder), layout.generator_metrics(model, name, seed)
     if not report.is_file() or not weights.path.is_file():
-        raise UsamError(f"{model} has not been trained on {name}", where=str(weights.path), fix=f"run `dvc repro {stage}`")
+        raise UsamError(f"{model} has not been trained on {name} with seed {seed}", where=str(weights.path),
+                        fix=f"run `dvc repro {stage}`")
     return weights, json.loads(report.read_text()).get("mlflow_run_id")
+
+
+def training_budget(layout, model: str, name: str, seed: int) -> dict[str, float]:
+    """Optimizer steps and training FLOPs (forward + backward, FlopCounterMode) the training stage recorded."""
+    report = json.loads(layout.generator_metrics(model, name, seed).read_text())
+    return {k: report[k] for k in ("steps", "train_flops") if k in report}
+
+
+def evaluation_record(layout, prepared, name: str, split: str, weights, run_id, frame, clip, num_samples: int,
+                      sampling_seed: int) -> dict:
+    """What a number needs to be reproduced: the reference split and its content hash, the sample count and
+    sampling seed, the evaluators' and the generator's weights sha256, the code commit and the training run."""
+    return {"reference_split": split, "reference_sha256": sha256_file(prepared / name / split / "videos.npy"),
+            "num_samples": num_samples, "sampling_seed": sampling_seed, "weights_sha256": weights.sha256,
+            "frame_evaluator_sha256": frame.sha256, **({"clip_evaluator_sha256": clip.sha256} if clip else {}),
+            "code_commit": git(layout.root, "rev-parse", "HEAD") or "unknown", "mlflow_run_id": run_id}
+
+
+def chosen_settings(layout, model: str, name: str, path) -> dict[str, str]:
+    """The sampling settings the `select` stage chose on val for ``model`` (empty: it has no grid)."""
+    if not path.is_file():
+        raise UsamError(f"no sampling settings chosen for {model} on {name}", where=str(path),
+                        fix=f"run `dvc repro select@{model}-{name}`")
+    return json.loads(path.read_text())["chosen"]
 
 
 def diversity(videos: torch.Tensor, classes: torch.Tensor, distance, per_class: int = 6) -> float:
@@ -91,23 +122,26 @@ def perceptual(cfg, root, frame, normalize: dict):
 @main_guard
 def main(argv: list[str] | None = None) -> None:
     args, root, cfg, layout = parse_stage(__doc__, argv, {
-        "model": f"one of {', '.join(MODELS)}", "name": "dataset the model was trained on"}, {
-        "weights": (lambda layout, a: layout.generator_dir(a.model, a.name), "the trained model's folder"),
+        "model": f"one of {', '.join(MODELS)}", "name": "dataset the model was trained on", **SEED}, {
+        "weights": (lambda layout, a: layout.generator_dir(a.model, a.name, a.seed), "the trained model's folder"),
+        "selection": (lambda layout, a: layout.selection(a.model, a.name), "the sampling settings chosen on val"),
         "prepared": (lambda layout, a: layout.prepared(), "the prepared datasets (its own and the transfer targets)"),
         "evaluators": (lambda layout, a: layout.evaluators(), "the evaluators of every dataset"),
-        "out": (lambda layout, a: layout.eval(a.model, a.name), "the sample strip and training curve"),
-        "metrics": (lambda layout, a: layout.eval_metrics(a.model, a.name), "the scores JSON")})
+        "out": (lambda layout, a: layout.eval(a.model, a.name, a.seed), "the sample strip and training curve"),
+        "metrics": (lambda layout, a: layout.eval_metrics(a.model, a.name, a.seed), "the scores JSON")})
     if args.model not in MODELS:
         raise UsamError(f"unknown model {args.model!r}", where="pipelines.evaluate MODEL", fix=f"use one of {', '.join(MODELS)}")
-    cfg = with_dataset(cfg, args.name)
-    weights, run_id = generator_weights(layout, args.model, args.name, args.weights)
+    settings = chosen_settings(layout, args.model, args.name, args.selection)
+    cfg = with_settings(with_dataset(cfg, args.name), settings)
+    weights, run_id = generator_weights(layout, args.model, args.name, args.seed, args.weights)
     sha = weights.sha256
     gen = load_generator(args.model, cfg, layout, weights.path, sha)
     torch.set_num_threads(max(1, int(cfg.train.runtime.threads_per_worker)))
     normalize = gen.task.normalize
     n = cfg.eval.num_samples
     classes = torch.arange(n) % len(gen.class_names)
-    print(f"evaluate {args.model}/{args.name}: sampling {n} videos")
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "its only setting"
+    print(f"evaluate {args.model}/{args.name} seed {args.seed}: sampling {n} videos at {shown} (chosen on val)")
     fake = gen.sample(classes, cfg.seed, batch_size=cfg.eval.batch_size)
     test = real_videos(args.prepared, args.name, "test")
     train = real_videos(args.prepared, args.name, "train", limit=len(test))
@@ -145,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     client = client_for(cfg, root)
     if run_id:
         scores.update(training_record(client, run_id))
+    scores.update(training_budget(layout, args.model, args.name, args.seed))
     for other in cfg.data.build:
         if other == args.name or not layout.evaluator_metrics(other).is_file():
             continue
@@ -166,11 +201,15 @@ def main(argv: list[str] | None = None) -> None:
         save_png(strip_grid(rows), tmp / "samples_vs_real.png")
         if run_id:
             _training_curve(client, run_id, tmp / "training_curve.csv")
+    record = {**evaluation_record(layout, args.prepared, args.name, "test", weights, run_id, frame, clip, n, cfg.seed),
+              "sampler": settings, "sampler_chosen_on": "val"}
     if run_id:
         client.log_batch(run_id, metrics=[_metric(f"eval/{k}", v) for k, v in scores.items() if np.isfinite(v)])
         client.log_artifact(run_id, str(out / "samples_vs_real.png"), "eval")
-    report = {"model": args.model, "dataset": args.name, "seed": cfg.seed, "num_samples": n, "mlflow_run_id": run_id,
-              "weights_sha256": sha, **{k: _round(v) for k, v in scores.items()}}
+        client.set_tag(run_id, "eval.record", json.dumps(record, sort_keys=True)[:5000])
+    report = {"model": args.model, "dataset": args.name, "seed": cfg.seed, "record": record,
+              **{k: _round(v) for k, v in scores.items()}, "num_samples": n, "mlflow_run_id": run_id,
+              "weights_sha256": sha}
     path = args.metrics
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")

@@ -1,7 +1,7 @@
-"""DVC stage `usam`: train the USAM transformer of one dataset on its tokenizer's token stream.
+"""DVC stage `usam`: train the USAM transformer of one dataset, with one seed, on its tokenizer's token stream.
 
-Writes models/usam/<name>/usam.pt, a sample grid per class (models/usam/<name>/samples/:
-PNG, GIF, MP4) and metrics/usam/<name>.json: teacher-forced val loss and bit accuracy, the
+Writes models/usam/<name>/seed<k>/usam.pt, a sample grid per class (.../samples/: PNG, GIF, MP4)
+and metrics/usam/<name>/seed<k>.json: teacher-forced val loss and bit accuracy, the
 share of samples the frame evaluator assigns to the class they were generated for (with
 chance level), weights sha256, parameters, training time, MLflow run id.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from pipelines import DATASET, parse_stage, record_weights
+from pipelines import DATASET, SEED, parse_stage, record_weights
 from usam.errors import main_guard
 from usam.eval.class_grid import class_grid
 from usam.eval.generators import load_generator
@@ -23,11 +23,11 @@ from usam.train.tasks import make_task
 
 @main_guard
 def main(argv: list[str] | None = None) -> None:
-    args, root, cfg, layout = parse_stage(__doc__, argv, DATASET, {
+    args, root, cfg, layout = parse_stage(__doc__, argv, {**DATASET, **SEED}, {
         "tokenizer": (lambda layout, a: layout.tokenizer_dir(a.name), "the tokenizer it trains on"),
         "evaluators": (lambda layout, a: layout.evaluators(a.name), "the evaluators that score its samples"),
-        "out": (lambda layout, a: layout.generator_dir("usam", a.name), "the model's folder"),
-        "metrics": (lambda layout, a: layout.generator_metrics("usam", a.name), "the metrics JSON")})
+        "out": (lambda layout, a: layout.generator_dir("usam", a.name, a.seed), "the model's folder"),
+        "metrics": (lambda layout, a: layout.generator_metrics("usam", a.name, a.seed), "the metrics JSON")})
     name, out = args.name, args.out
     cfg = with_dataset(cfg, name)
     inputs = layout.inputs(cfg, tokenizers=args.tokenizer)
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     task.check_data()
     client = client_for(cfg, root)
     with atomic_dir(out) as tmp:
-        result = fit(cfg, "usam", root=root, out_dir=tmp / ".fit", run_name=f"usam/{name}", inputs=inputs)
+        result = fit(cfg, "usam", root=root, out_dir=tmp / ".fit", run_name=f"usam/{name}/seed{args.seed}", inputs=inputs)
         shutil.move(result.weights_path, tmp / "usam.pt")
         shutil.rmtree(tmp / ".fit")
         gen = load_generator("usam", cfg, layout, tmp / "usam.pt", result.weights_sha256, inputs)
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     client.log_metric(result.run_id, "model/flops_per_sample", flops)
     report = {**scores, "weights_sha256": result.weights_sha256, "parameters": gen.parameters,
               "flops_per_sample": flops,
-              "train_seconds": round(result.train_seconds, 1), "mlflow_run_id": result.run_id}
+              "train_seconds": round(result.train_seconds, 1), "seed": args.seed,
+              "steps": int(result.metrics.get("step", 0)), "train_flops": int(result.metrics.get("train_flops", 0)), "mlflow_run_id": result.run_id}
     metrics = args.metrics
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")

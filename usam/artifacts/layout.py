@@ -15,6 +15,10 @@ from usam.config.schema import Config
 from usam.paths import resolve
 
 
+def _family(model: str) -> Path:
+    return Path("usam") if model == "usam" else Path("baselines", model)
+
+
 @dataclass(frozen=True)
 class Weights:
     """A weights file another stage wrote and the sha256 that stage recorded (None: none recorded, not checked).
@@ -77,27 +81,32 @@ class Layout:
     def tokenizer_metrics(self, dataset: str) -> Path:
         return self.root / "metrics" / "tokenizer" / f"{dataset}.json"
 
-    def generator_dir(self, model: str, dataset: str) -> Path:
-        """The folder of a trained generator: USAM's own, a baseline's under its family."""
-        return self.root / "models" / (Path("usam") if model == "usam" else Path("baselines", model)) / dataset
+    def generator_dir(self, model: str, dataset: str, seed: int) -> Path:
+        """The folder of a generator trained with ``seed``: USAM's own, a baseline's under its family."""
+        return self.root / "models" / _family(model) / dataset / f"seed{seed}"
 
-    def generator(self, model: str, dataset: str) -> Path:
-        return self.generator_dir(model, dataset) / f"{model}.pt"
+    def generator(self, model: str, dataset: str, seed: int) -> Path:
+        return self.generator_dir(model, dataset, seed) / f"{model}.pt"
 
-    def generator_metrics(self, model: str, dataset: str) -> Path:
-        family = Path("usam") if model == "usam" else Path("baselines", model)
-        return self.root / "metrics" / family / f"{dataset}.json"
+    def generator_metrics(self, model: str, dataset: str, seed: int) -> Path:
+        return self.root / "metrics" / _family(model) / dataset / f"seed{seed}.json"
 
     # ---- evaluation and reports ------------------------------------------------------------------------------
 
-    def eval(self, model: str | None = None, dataset: str | None = None) -> Path:
-        """Evaluation outputs (sample strips, training curves): all, or one generator's."""
-        folder = self.root / "eval"
-        return folder / model / dataset if model and dataset else folder
-
-    def eval_metrics(self, model: str | None = None, dataset: str | None = None) -> Path:
-        folder = self.root / "metrics" / "eval"
+    def selection(self, model: str | None = None, dataset: str | None = None) -> Path:
+        """The sampling settings chosen on val (with the grid that chose them): all, or one generator's."""
+        folder = self.root / "metrics" / "select"
         return folder / model / f"{dataset}.json" if model and dataset else folder
+
+    def eval(self, model: str | None = None, dataset: str | None = None, seed: int | None = None) -> Path:
+        """Evaluation outputs (sample strips, training curves): all, or one trained generator's."""
+        folder = self.root / "eval"
+        return folder / model / dataset / f"seed{seed}" if model and dataset and seed is not None else folder
+
+    def eval_metrics(self, model: str | None = None, dataset: str | None = None, seed: int | None = None) -> Path:
+        """Evaluation records: all (``<model>/<dataset>/seed<k>.json`` below), or one trained generator's."""
+        folder = self.root / "metrics" / "eval"
+        return folder / model / dataset / f"seed{seed}.json" if model and dataset and seed is not None else folder
 
     def metrics(self) -> Path:
         return self.root / "metrics"
@@ -142,9 +151,9 @@ class Layout:
         path = Path(folder) / f"{kind}.pt" if folder else self.evaluator(dataset, kind)
         return self.weights(path, self.evaluator_metrics(dataset), kind)
 
-    def generator_weights(self, model: str, dataset: str, folder: Path | None = None) -> Weights:
-        path = Path(folder) / f"{model}.pt" if folder else self.generator(model, dataset)
-        return self.weights(path, self.generator_metrics(model, dataset))
+    def generator_weights(self, model: str, dataset: str, seed: int, folder: Path | None = None) -> Weights:
+        path = Path(folder) / f"{model}.pt" if folder else self.generator(model, dataset, seed)
+        return self.weights(path, self.generator_metrics(model, dataset, seed))
 
     def inputs(self, cfg: Config, *, tokenizers: Path | None = None, evaluators: Path | None = None) -> Inputs:
         """What the tasks on ``cfg.data.name`` train on: the tokenizer and frame evaluator in the folders a stage

@@ -189,18 +189,26 @@ class TransformerSize:
         return [f"{{path}}.width = {self.width} is not divisible by {{path}}.heads = {self.heads}"] if self.width % self.heads else []
 
 
+GuidanceRamp = Literal["linear", "constant"]
+
+
 @dataclass(frozen=True)
 class RasterARBaseline:
     size: TransformerSize = knob()
+    lr: Optional[float] = knob(gt=0.0, le=1.0, doc="its peak learning rate; null: train.lr")
     temperature: float = knob(ge=0.0, le=10.0, doc="sampling temperature per bit")
+    cfg: float = knob(ge=0.0, le=50.0, doc="classifier-free guidance scale (1: off)")
+    cfg_ramp: GuidanceRamp = knob(doc="linear: from 1 at the first token to cfg at the last")
 
 
 @dataclass(frozen=True)
 class MaskGITBaseline:
     size: TransformerSize = knob()
+    lr: Optional[float] = knob(gt=0.0, le=1.0, doc="its peak learning rate; null: train.lr")
     steps: int = knob(ge=1, le=1024, doc="parallel decoding steps (cosine masking schedule)")
     temperature: float = knob(ge=0.0, le=10.0, doc="sampling temperature per bit")
     cfg: float = knob(ge=0.0, le=50.0, doc="classifier-free guidance scale (1: off)")
+    cfg_ramp: GuidanceRamp = knob(doc="linear: from 1 at the first decoding step to cfg at the last")
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,7 @@ class GANBaseline:
 @dataclass(frozen=True)
 class DiffusionBaseline:
     size: TransformerSize = knob()
+    lr: Optional[float] = knob(gt=0.0, le=1.0, doc="its peak learning rate; null: train.lr")
     timesteps: int = knob(ge=10, le=10000, doc="DDPM training timesteps (linear beta schedule)")
     sample_steps: int = knob(ge=1, le=10000, doc="DDIM sampling steps")
     eta: float = knob(ge=0.0, le=1.0, doc="DDIM eta: 0 deterministic, 1 DDPM-like")
@@ -270,6 +279,9 @@ class RuntimeConfig:
     """Where and how a recipe runs: placement, threads, determinism, checkpoint and log cadence."""
 
     workers: int = knob(ge=1, le=4096, doc="Ray Train workers (DDP ranks)")
+    launcher: Literal["auto", "ray", "local"] = knob(
+        doc="auto: one worker with no cluster to join and no fault injection trains in this process (no Ray "
+            "start-up, no restarts); ray: a Ray Train worker group; local: this process")
     use_gpu: bool = knob(doc="one GPU per worker, NCCL backend")
     cpus_per_worker: float = knob(gt=0.0, le=256.0, doc="CPUs reserved per worker")
     threads_per_worker: int = knob(ge=1, le=256, doc="torch intra-op threads per worker")
@@ -286,6 +298,9 @@ class RuntimeConfig:
     def check(self) -> list[str]:
         if self.backend == "nccl" and not self.use_gpu:
             return ["{path}.backend = 'nccl' needs {path}.use_gpu=true (CPU workers use gloo)"]
+        if self.launcher == "local" and self.workers > 1:
+            return [f"{{path}}.launcher = 'local' trains one worker in this process, but {{path}}.workers = "
+                    f"{self.workers}: use launcher=ray (or auto) for a worker group"]
         return []
 
 
@@ -326,9 +341,27 @@ class DebugConfig:
 
 
 @dataclass(frozen=True)
+class SelectConfig:
+    """How the comparison picks each generator's sampling settings: a grid on the val split (no retraining),
+    scored with the evaluation suite's FID-domain and class accuracy; the chosen setting is the lowest
+    FID-domain among the settings whose class accuracy is at least ``class_acc_share`` of the grid's best.
+    The test split is then scored once, at that setting."""
+
+    num_samples: int = knob(ge=10, le=100000, doc="videos sampled per grid point (scored against the val split)")
+    class_acc_share: float = knob(ge=0.0, le=1.0, doc="a setting qualifies when its class accuracy is at least this "
+                                                      "share of the best in the grid")
+    grids: dict[str, dict[str, list[str]]] = knob(
+        doc="per generator: config key -> the values tried (YAML text); the grid is their product")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = knob(ge=1, le=65536, doc="evaluation batch size")
     num_samples: int = knob(ge=1, doc="generated videos per evaluation")
+    every_epochs: int = knob(ge=0, le=100000, doc="epochs between quality checks of a training generator "
+                                                  "(FID-domain and class accuracy on a val sample); 0: off")
+    quality_samples: int = knob(ge=10, le=100000, doc="videos sampled per quality check during training")
+    select: SelectConfig = knob()
     inception_weights: Optional[str] = knob(doc="local Inception-v3 weights for standard FID/IS (never downloaded)")
     inception_sha256: Optional[str] = knob(doc="sha256 of eval.inception_weights, checked before use")
     lpips_weights: Optional[str] = knob(
@@ -504,6 +537,8 @@ class TokenizerConfig:
 @dataclass(frozen=True)
 class Config:
     seed: int = knob(ge=0, doc="run seed: python, numpy, torch, DataLoader and workers")
+    seeds: list[int] = knob(ge=0, min_len=1, doc="the seeds the pipeline trains every generator with (evaluators "
+                                                 "and tokenizers train once, with seed)")
     data: DataConfig = knob()
     preprocess: PreprocessConfig = knob()
     model: ModelConfig = knob()

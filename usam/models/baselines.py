@@ -76,17 +76,21 @@ class MaskGIT(_Conditioned):
 
     @torch.no_grad()
     def generate(self, batch: int, classes: torch.Tensor | None = None, steps: int = 8, temperature: float = 1.0,
-                 cfg: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+                 cfg: float = 1.0, generator: torch.Generator | None = None, cfg_ramp: str = "constant") -> torch.Tensor:
         """(B, L, d) bool bits by iterative parallel decoding: each step samples every masked token, keeps the
-        most confident ones and re-masks the rest, following the cosine schedule."""
+        most confident ones and re-masks the rest, following the cosine schedule. Guidance ``cfg`` holds at
+        every step (``cfg_ramp="constant"``) or rises linearly from 1 at the first step to ``cfg`` at the last."""
+        if cfg_ramp not in ("constant", "linear"):
+            raise ValueError(f"unknown guidance ramp {cfg_ramp!r}; use constant or linear")
         device = self.pos.device
         bits = torch.zeros(batch, self.tokens, self.bits, dtype=torch.bool, device=device)
         masked = torch.ones(batch, self.tokens, dtype=torch.bool, device=device)
         for step in range(steps):
             logits = self.forward(bits, masked, classes)
-            if cfg != 1.0 and classes is not None:
+            scale = cfg if cfg_ramp == "constant" else 1 + (cfg - 1) * step / max(steps - 1, 1)
+            if scale != 1.0 and classes is not None:
                 null = self.forward(bits, masked, None)
-                logits = null + cfg * (logits - null)
+                logits = null + scale * (logits - null)
             drawn = sample_bits(logits, temperature, 0, 1.0, generator)
             logp = torch.log_softmax(logits, -1)
             confidence = torch.where(drawn, logp[..., 1], logp[..., 0]).sum(-1)  # log-probability of the drawn token

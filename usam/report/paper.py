@@ -1,7 +1,7 @@
 """The paper-style report (`usam report`, DVC stage `report`): reports/paper.md and a self-contained
 reports/paper.html.
 
-Sections: the comparison table, sample grids and animations with samples-vs-real strips, training
+Sections: the comparison table, the guidance trade-off curves on val, sample grids and animations with samples-vs-real strips, training
 curves, dataset cards, the hyperparameter searches (the shipped spaces, and every sweep or ablation
 found in outputs/studies/ with its trials, seeds and best result), and a reproducibility checklist:
 the audit verdict of every model's training run next to the checklist items it answers.
@@ -46,26 +46,60 @@ def comparison(layout: Layout) -> Section:
         section.markdown.append("No comparison table yet: run `dvc repro table`.")
         return section
     table = pd.read_csv(path)
-    rows = [{"model": r["model"], "dataset": r["dataset"], "seeds": r["seeds"],
-             **{title: _number(r.get(key), r.get(f"{key}_std"), digits) for key, title, digits in COMPARISON}}
+    rows = [{"model": r["model"], "dataset": r["dataset"], "seeds": r["seeds"], "sampling (chosen on val)": r.get("setting"),
+             **{title: _number(r.get(key), (r.get(f"{key}_hi") - r.get(f"{key}_lo")) / 2, digits)
+                for key, title, digits in COMPARISON}}
             for _, r in table.iterrows()]
     section.markdown += [_markdown_table(pd.DataFrame(rows)), "",
-                         "Domain metrics use the project's own evaluators (see `reports/comparison.md` for every "
-                         "column, transfer scores and per-run reproducibility notes)."]
+                         "Each cell: the mean over seeds ± the half-width of its 95% t-interval. Domain metrics use the "
+                         "project's own evaluators (see `reports/comparison.md` for every column, USAM's differences "
+                         "from each baseline with Welch's p, transfer scores and per-run reproducibility notes)."]
+    return section
+
+
+def tradeoff(layout: Layout) -> Section:
+    """FID-domain and class accuracy against the guidance scale on val, per model: the `select` stages' grids."""
+    section = Section("Guidance trade-off (val)")
+    files = sorted((layout.reports() / "tradeoff").glob("*.csv"))
+    if not files:
+        section.markdown.append("No trade-off curves yet: run `dvc repro select table`.")
+        return section
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (fid, acc) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for path in files:
+        frame = pd.read_csv(path)
+        fid.plot(frame["guidance"], frame["fid_domain"], marker="o", label=path.stem)
+        acc.plot(frame["guidance"], frame["class_acc"], marker="o", label=path.stem)
+    fid.set(xlabel="guidance scale", ylabel="FID-domain (val) ↓")
+    acc.set(xlabel="guidance scale", ylabel="class accuracy (val) ↑")
+    acc.legend(fontsize=8)
+    fig.tight_layout()
+    section.markdown.append("Each model's sampling settings were chosen on the val split from a small grid "
+                            "(`eval.select` in params.yaml; every point in `eval/select/<model>/<dataset>/grid.csv`); "
+                            "the curves vary the guidance scale with every other knob at its chosen value. The test "
+                            "split was scored once, at the chosen setting.")
+    section.images.append(("FID-domain and class accuracy against classifier-free guidance, on val", _png(fig),
+                           "image/png"))
     return section
 
 
 def samples(layout: Layout) -> Section:
     section = Section("Samples")
-    for grid in sorted(layout.models().glob("**/samples/samples.png")):
+    for grid in sorted(layout.models().glob("**/samples/samples.png")):  # one seed's grids: the others look alike
+        if any(part.startswith("seed") and part != "seed0" for part in grid.parts):
+            continue
         name = "/".join(grid.relative_to(layout.models()).parts[:-2])
         section.images.append((f"{name}: one row per class", grid.read_bytes(), "image/png"))
         gif = grid.with_suffix(".gif")
         if gif.is_file():
             section.images.append((f"{name}: animated", gif.read_bytes(), "image/gif"))
-    for strip in sorted(layout.eval().glob("*/*/samples_vs_real.png")):
-        section.images.append((f"{strip.parent.parent.name}/{strip.parent.name}: samples vs real", strip.read_bytes(),
-                               "image/png"))
+    for strip in sorted(layout.eval().glob("*/*/seed0/samples_vs_real.png")):
+        label = "/".join(strip.relative_to(layout.eval()).parts[:-1])
+        section.images.append((f"{label}: samples vs real", strip.read_bytes(), "image/png"))
     if not section.images:
         section.markdown.append("No sample grids yet: run `dvc repro`.")
     return section
@@ -186,7 +220,7 @@ def _model_runs(layout: Layout) -> dict[str, str]:
     """label -> MLflow run id of every training stage's run, read from the stage metrics files."""
     runs = {}
     for path in sorted(layout.metrics().glob("**/*.json")):
-        if path.relative_to(layout.metrics()).parts[0] == "eval":  # scores, not training runs
+        if path.relative_to(layout.metrics()).parts[0] in ("eval", "select", "claims.json"):  # not training runs
             continue
         try:
             record = json.loads(path.read_text())
@@ -208,7 +242,7 @@ def _run_ids(record: dict) -> list[tuple[str, str]]:
 
 
 def build(layout: Layout, cfg, *, audit_runs: bool = True) -> list[Section]:
-    return [comparison(layout), samples(layout), curves(layout), datasets(layout, list(cfg.data.build)),
+    return [comparison(layout), tradeoff(layout), samples(layout), curves(layout), datasets(layout, list(cfg.data.build)),
             searches(layout), reproducibility(layout, cfg, audit_runs)]
 
 

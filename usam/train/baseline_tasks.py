@@ -46,6 +46,12 @@ class _TokenBaseline(StreamTask):
     def bcfg(self):
         return getattr(self.cfg.baselines, self.name)
 
+    @property
+    def train_cfg(self) -> TrainConfig:
+        """The shared recipe (``train``), at the family's own learning rate when it sets one (chosen on val)."""
+        lr = self.bcfg.lr
+        return self.cfg.train if lr is None else replace(self.cfg.train, lr=lr)
+
     def schedule(self):
         return self.tokenizer().schedule(self.frames)
 
@@ -71,7 +77,8 @@ class _TokenBaseline(StreamTask):
         """A transformer over the stream: bits per token, tokens, the configured size, the classes."""
         size = self.bcfg.size
         return dict(bits=self.tokenizer_meta["model_kwargs"]["bits"], tokens=self.schedule().tokens, width=size.width,
-                    depth=size.depth, heads=size.heads, num_classes=len(self.class_names()))
+                    depth=size.depth, heads=size.heads, num_classes=len(self.class_names()),
+                    cond_dropout=self.cfg.model.conditioning.dropout)
 
     def head_width(self, model: nn.Module) -> int:
         return model.head.out_features
@@ -118,7 +125,9 @@ class RasterARTask(_TokenBaseline):
 
     @torch.no_grad()
     def sample(self, model, cond: dict, batch: int, device, generator=None) -> torch.Tensor:
-        bits = model.generate(batch, cond.get("class"), temperature=self.bcfg.temperature, generator=generator)
+        c = self.bcfg
+        bits = model.generate(batch, cond.get("class"), temperature=c.temperature, generator=generator, cfg=c.cfg,
+                              cfg_ramp=c.cfg_ramp)
         return self.decode(bits, device)
 
 
@@ -126,9 +135,6 @@ class RasterARTask(_TokenBaseline):
 class MaskGITTask(_TokenBaseline):
     name: str = "maskgit"
     model_class = MaskGIT
-
-    def model_kwargs(self) -> dict:
-        return {**super().model_kwargs(), "cond_dropout": self.cfg.model.conditioning.dropout}
 
     def _masked(self, bits: torch.Tensor, generator=None) -> torch.Tensor:
         """A cosine-distributed share of each sample's tokens (at least one) is masked."""
@@ -154,7 +160,7 @@ class MaskGITTask(_TokenBaseline):
     def sample(self, model, cond: dict, batch: int, device, generator=None) -> torch.Tensor:
         c = self.bcfg
         bits = model.generate(batch, cond.get("class"), steps=c.steps, temperature=c.temperature, cfg=c.cfg,
-                              generator=generator)
+                              generator=generator, cfg_ramp=c.cfg_ramp)
         return self.decode(bits, device)
 
 

@@ -208,7 +208,10 @@ class Checkpointer(HookBase):
             ckpt.write(Path(folder), t.session.rank, shared=shared, local=local)
             if self.logging is not None:
                 self.logging.flush()
-            t.session.report({**metrics, "step": t.progress.step, "epoch": t.progress.epoch}, Path(folder))
+            # training compute so far: this rank's micro-batches x their FLOPs (counted once), x the ranks
+            flops = t.flops_per_micro * t.progress.step * t.cfg.grad_accum * t.session.world
+            t.session.report({**metrics, "step": t.progress.step, "epoch": t.progress.epoch, "train_flops": flops},
+                             Path(folder))
 
 
 def validate(task, model, dataset, batch_size: int, rank: int, world: int, device: torch.device) -> dict[str, float]:

@@ -23,16 +23,18 @@ class Launcher(Protocol):
 
 
 class InProcess:
-    """The trial's own process, on the resources Tune gave the trial: no worker group to start. With
-    ``report``, every epoch's metrics and checkpoint go to Tune (a scheduler may stop the trial by exiting
-    it from inside a report: Tune must see that, so such stops pass through)."""
+    """This process, with no worker group to start: a one-worker Tune trial (on the resources Tune gave it) or
+    a one-worker run with no cluster (a pipeline stage, `usam train`). With ``report``, every epoch's metrics
+    and checkpoint go to Tune (a scheduler may stop the trial by exiting it from inside a report: Tune must see
+    that, so such stops pass through); without, checkpoints stay under the run's storage folder, where
+    ``--resume`` finds the newest."""
 
     in_process = True
     restarts = 0
-    where = "the Tune trial's process"
 
     def __init__(self, tcfg: TrainConfig, *, report: bool):
         self.tcfg, self.report = tcfg, report
+        self.where = "the Tune trial's process" if report else "this process (one worker, no Ray)"
 
     def run(self, spec: WorkerSpec, ray_name: str, storage: str) -> tuple[dict, Path | None]:
         device = torch.device("cuda", 0) if self.tcfg.runtime.use_gpu else torch.device("cpu")

@@ -10,6 +10,8 @@ scheduler, scaler, EMA, progress and every rank's RNG states, for a bit-exact re
 from __future__ import annotations
 
 from contextlib import nullcontext
+
+from torch.utils.flop_counter import FlopCounterMode
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +92,7 @@ class Trainer:
         self.loss: torch.Tensor | None = None
         self.parts: dict[str, float] = {}
         self.grad_norm = 0.0
+        self.flops_per_micro = 0  # forward + backward FLOPs of one micro-batch (FlopCounterMode, first micro-batch)
         self.val: dict[str, float] = {}
         self.hooks = hooks
         for hook in hooks:
@@ -129,12 +132,16 @@ class Trainer:
         p, cfg = self.progress, self.cfg
         last_micro = (p.micro + 1) % cfg.grad_accum == 0
         # DDP all-reduces gradients only on the micro-batch that ends an accumulation
-        with self.model.no_sync() if (self.session.world > 1 and not last_micro) else nullcontext():
+        counting = self.flops_per_micro == 0
+        with FlopCounterMode(display=False) if counting else nullcontext() as counter, \
+                self.model.no_sync() if (self.session.world > 1 and not last_micro) else nullcontext():
             with torch.autocast(self.session.device.type, dtype=self.autocast) if self.autocast else nullcontext():
                 loss, parts = self.task.loss(self.model, batch, self.session.device, p.step)
             for hook in self.hooks:
                 loss = hook.after_forward(loss)
             self.scaler.scale(loss / cfg.grad_accum).backward()
+        if counting:
+            self.flops_per_micro = max(int(counter.get_total_flops()), 1)
         p.micro += 1
         if not last_micro:
             return False

@@ -66,8 +66,8 @@ class RayTrainSession:
 
 class LocalSession:
     """The only worker, in this process: a Tune trial that needs no worker group (``tune=True``: every
-    report and checkpoint goes to Tune, which restores the last one when the study resumes), or a short
-    re-run with no Ray at all. Checkpoints are kept under ``folder`` (the last ``keep``); ``last`` is the
+    report and checkpoint goes to Tune, which restores the last one when the study resumes), or a run with
+    no Ray at all (it resumes from the newest checkpoint already under ``folder``). Checkpoints are kept under ``folder`` (the last ``keep``); ``last`` is the
     latest report and its checkpoint folder."""
 
     rank, world = 0, 1
@@ -86,6 +86,11 @@ class LocalSession:
             from ray import tune
 
             found = tune.get_checkpoint()
+        elif self._count:  # a resumed run (`--resume`): its newest kept checkpoint
+            newest = self.folder / f"checkpoint_{self._count:06d}"
+            self.last = ({}, newest)
+            yield newest
+            return
         if found is None:
             yield None
             return

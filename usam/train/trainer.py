@@ -1,8 +1,8 @@
 """The driver side of training: one `fit` for `dvc repro`, `usam train` and Tune trials alike.
 
 It validates everything that can fail before Ray starts (config, data, resources), opens
-the MLflow run, runs the workers (``usam.train.launch``: in this process for a one-worker Tune
-trial, else a Ray Train worker group), checks that the loss stayed finite, and writes the final
+the MLflow run, runs the workers (``usam.train.launch``: in this process for a one-worker run
+with no cluster to join, as in a Tune trial or a pipeline stage; else a Ray Train worker group), checks that the loss stayed finite, and writes the final
 weights atomically with their sha256.
 Each run gets a unique Ray run name: Train V2 silently resumes a re-used name, so only
 ``resume_run_id`` (``usam train --resume``) re-uses one, on purpose.
@@ -76,6 +76,16 @@ def ray_address(cfg: Config) -> str | None:
     return cfg.ray.address or (env if env and env != "local" else None)
 
 
+def in_process(cfg: Config, tcfg) -> bool:
+    """Train in this process, with no Ray at all: ``runtime.launcher=local``, or ``auto`` with one worker, no
+    cluster to join and no fault injection (whose kill needs Ray Train to restart the group). A failure then
+    ends the run; ``usam train --resume`` continues from its last checkpoint."""
+    rt = tcfg.runtime
+    if rt.launcher != "auto":
+        return rt.launcher == "local"
+    return rt.workers == 1 and not ray_address(cfg) and cfg.debug.fault_injection_step is None
+
+
 def check_resources(task_cfg, cluster: dict) -> None:
     """A worker group the cluster cannot place would wait forever: say so before starting."""
     need_cpu = task_cfg.runtime.workers * task_cfg.runtime.cpus_per_worker
@@ -132,6 +142,8 @@ def fit(
     launcher: Launcher
     if in_trial is not None and tcfg.runtime.workers == 1:
         launcher = InProcess(tcfg, report=in_trial == "report")
+    elif in_process(cfg, tcfg):
+        launcher = InProcess(tcfg, report=False)
     else:
         ensure_ray(cfg)
         check_resources(tcfg, ray.cluster_resources())
