@@ -16,6 +16,7 @@ from pipelines import SEED, parse_stage, record_weights
 from usam.errors import UsamError, main_guard
 from usam.eval.class_grid import class_grid
 from usam.eval.generators import load_generator
+from usam.eval.quality import quality_hooks
 from usam.files import atomic_dir
 from usam.track import client_for
 from usam.train import fit, with_dataset
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     client = client_for(cfg, root)
     with atomic_dir(out) as tmp:
         result = fit(cfg, args.model, root=root, out_dir=tmp / ".fit", run_name=f"{args.model}/{args.name}/seed{args.seed}",
-                     inputs=inputs)
+                     inputs=inputs,
+                     hooks=quality_hooks(cfg, layout, args.model, args.evaluators))
         weights = tmp / f"{args.model}.pt"
         shutil.move(result.weights_path, weights)
         shutil.rmtree(tmp / ".fit")

@@ -43,12 +43,11 @@ from usam.eval.first_frame import first_frame_agreement
 from usam.eval.generators import load_generator
 from usam.eval.select import with_settings
 from usam.eval.temporal import temporal_scores
-from usam.files import atomic_dir
+from usam.files import atomic_dir, sha256_file
 from usam.media.panels import save_png, strip_grid
 from usam.media.perceptual import LpipsDistance, load_domain_distance
 from usam.paths import resolve
 from usam.track import client_for
-from usam.files import sha256_file
 from usam.track.provenance import git
 from usam.train import with_dataset
 from usam.train.tasks import BASELINES

@@ -15,6 +15,7 @@ from pipelines import DATASET, SEED, parse_stage, record_weights
 from usam.errors import main_guard
 from usam.eval.class_grid import class_grid
 from usam.eval.generators import load_generator
+from usam.eval.quality import quality_hooks
 from usam.files import atomic_dir
 from usam.track import client_for
 from usam.train import fit, with_dataset
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     task.check_data()
     client = client_for(cfg, root)
     with atomic_dir(out) as tmp:
-        result = fit(cfg, "usam", root=root, out_dir=tmp / ".fit", run_name=f"usam/{name}/seed{args.seed}", inputs=inputs)
+        result = fit(cfg, "usam", root=root, out_dir=tmp / ".fit", run_name=f"usam/{name}/seed{args.seed}", inputs=inputs,
+                     hooks=quality_hooks(cfg, layout, "usam", args.evaluators))
         shutil.move(result.weights_path, tmp / "usam.pt")
         shutil.rmtree(tmp / ".fit")
         gen = load_generator("usam", cfg, layout, tmp / "usam.pt", result.weights_sha256, inputs)

@@ -10,13 +10,12 @@ scheduler, scaler, EMA, progress and every rank's RNG states, for a bit-exact re
 from __future__ import annotations
 
 from contextlib import nullcontext
-
-from torch.utils.flop_counter import FlopCounterMode
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
 from usam.artifacts.layout import Inputs, Layout
 from usam.config.schema import Config
@@ -54,6 +53,7 @@ class WorkerSpec:
     nonfinite_marker: str  # where the logging rank records the step whose loss was NaN/inf
     tracking_uri: str | None = None
     run_id: str | None = None
+    hooks: tuple = ()  # more hooks from the caller (a generator stage's quality check), after validation
 
 
 @dataclass
@@ -213,7 +213,7 @@ def train_worker(spec: WorkerSpec, session: Session | None = None) -> None:
                if rank == 0 and spec.run_id else None)
     fault = (FaultInjection(cfg.debug.fault_injection_kind, cfg.debug.fault_injection_step, Path(spec.fault_marker))
              if rank == 0 and cfg.debug.fault_injection_step is not None else None)
-    hooks = [ema, Validation(val_ds), logging, fault, NonFiniteGuard(logging, Path(spec.nonfinite_marker)),
+    hooks = [ema, Validation(val_ds), *spec.hooks, logging, fault, NonFiniteGuard(logging, Path(spec.nonfinite_marker)),
              Checkpointer(tcfg.runtime.checkpoint_every, ema, logging)]
     Trainer(task, model, optimizer, scheduler, scaler, train_ds, sampler, session, progress, total_steps, cfg.seed,
             [h for h in hooks if h is not None]).train()

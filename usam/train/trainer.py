@@ -120,6 +120,7 @@ def fit(
     callbacks: list | None = None,
     in_trial: str | None = None,
     inputs: Inputs | None = None,
+    hooks: tuple = (),
 ) -> FitResult:
     """Train ``task_name`` on ``cfg``; returns where the final weights are and what was measured.
 
@@ -129,7 +130,8 @@ def fit(
     prerequisite trained by the trial). A one-worker recipe then trains in the trial's own process,
     on the resources Tune gave the trial: no worker group to start. A larger one runs on Ray Train
     as usual, reporting through ``TuneReportCallback``. ``inputs``: the artifacts the task trains on, when not
-    the ones the project's layout keeps (a trial's own tokenizer)."""
+    the ones the project's layout keeps (a trial's own tokenizer). ``hooks``: more training hooks (picklable), run
+after each epoch's validation (a generator stage's quality check)."""
     import ray
 
     if task_name not in TASKS:
@@ -166,7 +168,7 @@ def fit(
             config=to_dict(cfg), task=task_name, layout=layout, inputs=inputs, log_every=tcfg.runtime.log_every,
             fault_marker=str(Path(storage) / ray_name / ".fault-injected"),
             nonfinite_marker=str(Path(storage) / ray_name / "nonfinite.json"),
-            tracking_uri=tracking_uri(cfg, root), run_id=run.run_id,
+            tracking_uri=tracking_uri(cfg, root), run_id=run.run_id, hooks=tuple(hooks),
         )
         nonfinite = Path(spec.nonfinite_marker)
         nonfinite.parent.mkdir(parents=True, exist_ok=True)

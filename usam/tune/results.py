@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from usam.eval.stats import mean_std, verdict, welch
 from usam.report.markup import html_table
 from usam.tune.spec import STUDY_TAG, TRIAL_TAG
-from usam.eval.stats import mean_std, verdict, welch
 
 
 def trial_table(study, spec, grid, client) -> pd.DataFrame:
