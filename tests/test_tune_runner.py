@@ -24,12 +24,12 @@ from conftest import REPO, TINY, digits_and_tokenizer, venv_env
 from usam.artifacts.layout import Layout, Weights
 from usam.config import compose
 from usam.errors import ConfigError, UsamError
+from usam.eval import stats
 from usam.files import sha256_file
 from usam.models.evaluators import FrameClassifier
 from usam.track import tracked_run
 from usam.train.checkpoint import atomic_torch_save
 from usam.train.tasks import make_task
-from usam.eval import stats
 from usam.tune.results import ablation_summary
 from usam.tune.runner import Study, _trial_inputs, ablate, sweep, trial_overrides
 

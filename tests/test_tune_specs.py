@@ -11,8 +11,8 @@ from conftest import REPO
 
 from usam.config import compose
 from usam.errors import ConfigError
-from usam.tune.spec import grid_size, load_ablation, load_sweep
 from usam.eval.stats import mean_std, verdict, welch
+from usam.tune.spec import grid_size, load_ablation, load_sweep
 
 
 @pytest.mark.parametrize("name", ["lr_wd", "smoke"])
