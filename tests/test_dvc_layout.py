@@ -8,6 +8,7 @@ Run after changing imports or stages; a failure prints the deps dvc.yaml should 
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import re
 from pathlib import Path
@@ -82,8 +83,8 @@ def render(text: str, item=None) -> str:
     def value(match):
         key = match.group(1)
         node = {"item": item, **PARAMS}
-        for part in key.split("."):
-            node = node[part]
+        for part in re.findall(r"[^.\[\]]+", key):  # a.b, a[0]
+            node = node[int(part)] if isinstance(node, list) else node[part]
         return str(node)
     return re.sub(r"\$\{([^}]+)\}", value, text)
 
@@ -96,8 +97,16 @@ def instances() -> list[tuple[str, str, dict, object]]:
             assert stage["foreach"] == "${data.build}", f"{name}: a per-dataset stage loops over data.build"
             found += [(name, stage["do"]["cmd"].split()[2], stage["do"], it) for it in PARAMS["data"]["build"]]
         elif "matrix" in stage:
-            found += [(name, stage["cmd"].split()[2], stage, {"model": m, "data": d})
-                      for m in PARAMS["baselines"]["models"] for d in PARAMS["baselines"]["datasets"]]
+            axes = {"model": PARAMS["baselines"]["models"], "data": PARAMS["baselines"]["datasets"],
+                    "seed": PARAMS["seeds"]}
+            if "model" not in stage["matrix"]:  # USAM's own: every dataset
+                axes["data"] = PARAMS["data"]["build"]
+            for key, value in stage["matrix"].items():
+                assert value == "${" + {"model": "baselines.models", "data": "baselines.datasets" if "model" in stage[
+                    "matrix"] else "data.build", "seed": "seeds"}[key] + "}", f"{name}: matrix axis {key}"
+            keys = list(stage["matrix"])
+            found += [(name, stage["cmd"].split()[2], stage, dict(zip(keys, combo)))
+                      for combo in itertools.product(*(axes[k] for k in keys))]
         else:
             found.append((name, stage["cmd"].split()[2], stage, None))
     return found
@@ -131,24 +140,41 @@ def expected(stage: str, item) -> dict:
                 "deps": [L.prepared(item), L.evaluators(item)], "outs": [L.tokenizer_dir(item)],
                 "metrics": [L.tokenizer_metrics(item)]}
     if stage in ("usam", "baseline"):
-        model, data = ("usam", item) if stage == "usam" else (item["model"], item["data"])
+        model, data, seed = item.get("model", "usam"), item["data"], item["seed"]
         return {"flags": {"tokenizer": L.tokenizer_dir(data), "evaluators": L.evaluators(data),
-                          "out": L.generator_dir(model, data), "metrics": L.generator_metrics(model, data)},
+                          "out": L.generator_dir(model, data, seed), "metrics": L.generator_metrics(model, data, seed)},
                 "deps": [L.prepared(data), L.tokenizer_dir(data), L.evaluators(data)],
-                "outs": [L.generator_dir(model, data)], "metrics": [L.generator_metrics(model, data)]}
+                "outs": [L.generator_dir(model, data, seed)], "metrics": [L.generator_metrics(model, data, seed)]}
+    if stage in ("select-usam", "select"):
+        model, data = ("usam", item) if stage == "select-usam" else (item["model"], item["data"])
+        seed = PARAMS["seeds"][0]
+        return {"flags": {"weights": L.generator_dir(model, data, seed), "prepared": L.prepared(),
+                          "evaluators": L.evaluators(data), "out": L.eval() / "select" / model / data,
+                          "metrics": L.selection(model, data)},
+                "deps": [L.prepared(), L.evaluators(data), L.generator_dir(model, data, seed),
+                         L.generator_metrics(model, data, seed)],
+                "outs": [L.eval() / "select" / model / data], "metrics": [L.selection(model, data)]}
     if stage in ("evaluate-usam", "evaluate"):
-        model, data = ("usam", item) if stage == "evaluate-usam" else (item["model"], item["data"])
-        return {"flags": {"weights": L.generator_dir(model, data), "prepared": L.prepared(), "evaluators": L.evaluators(),
-                          "out": L.eval(model, data), "metrics": L.eval_metrics(model, data)},
-                "deps": [L.prepared(), L.evaluators(), L.generator_dir(model, data)],
-                "outs": [L.eval(model, data)], "metrics": [L.eval_metrics(model, data)]}
+        model, data, seed = item.get("model", "usam"), item["data"], item["seed"]
+        return {"flags": {"weights": L.generator_dir(model, data, seed), "selection": L.selection(model, data),
+                          "prepared": L.prepared(), "evaluators": L.evaluators(),
+                          "out": L.eval(model, data, seed), "metrics": L.eval_metrics(model, data, seed)},
+                "deps": [L.prepared(), L.evaluators(), L.generator_dir(model, data, seed),
+                         L.generator_metrics(model, data, seed), L.selection(model, data)],
+                "outs": [L.eval(model, data, seed)], "metrics": [L.eval_metrics(model, data, seed)]}
     reports = L.reports()
     if stage == "table":
-        return {"flags": {}, "deps": [L.eval_metrics(), L.eval()],
-                "outs": [reports / f"comparison.{ext}" for ext in ("csv", "md", "html")] + [reports / "curves"],
-                "metrics": []}
+        return {"flags": {}, "deps": [L.eval_metrics(), L.selection(), L.eval()],
+                "outs": [reports / f"comparison.{ext}" for ext in ("csv", "md", "html", "json")]
+                + [reports / "curves", reports / "tradeoff"], "metrics": []}
+    if stage == "claims":
+        return {"flags": {"spec": Path("claims.yaml"), "records": L.eval_metrics(), "out": reports},
+                "deps": [Path("claims.yaml"), L.eval_metrics()],
+                "outs": [reports / f"claims.{ext}" for ext in ("json", "md", "html")],
+                "metrics": [L.metrics() / "claims.json"]}
     if stage == "report":
-        return {"flags": {}, "deps": [reports / "comparison.csv", reports / "curves", L.metrics(),
+        return {"flags": {}, "deps": [reports / "comparison.csv", reports / "curves", reports / "tradeoff",
+                                      reports / "claims.json", L.metrics(),
                                       L.root / "models" / "usam", L.root / "models" / "baselines", L.eval(),
                                       L.data_root / "raw", Path("sweeps"), Path("ablations")],
                 "outs": [reports / "paper.md", reports / "paper.html", reports / "paper_files"], "metrics": []}
@@ -177,11 +203,13 @@ def test_a_stages_code_deps_are_what_its_module_imports(stage, module, spec, ite
 
 
 def test_code_no_training_stage_runs_is_no_dep_of_one():
-    """The audit's replays, the fidelity metrics and the report are not what a training stage runs."""
+    """The audit's replays and the report are not what a training stage runs; the fidelity metrics are what the
+    generators' quality checks run during training, never the evaluators' or the tokenizer's."""
     for stage in TRAINING:
         deps = closure(f"pipelines.{stage}")
-        for name in ("usam.train.replay", "usam.eval.fidelity", "usam.repro.audit", "usam.report.paper"):
+        for name in ("usam.train.replay", "usam.repro.audit", "usam.report.paper"):
             assert module_file(name) not in deps, f"{stage} imports {name}"
+        assert (module_file("usam.eval.fidelity") in deps) == (stage in ("usam", "baseline")), stage
     assert module_file("usam.eval.fidelity") in closure("pipelines.evaluate")
     assert module_file("usam.train.replay") in closure("pipelines.report")
 

@@ -372,24 +372,3 @@ def test_latency_is_a_positive_median_and_flops_count_a_matmul_exactly():
     with pytest.raises(ValueError):
         median_latency(lambda: None, repeats=0)
 
-
-# ---- the comparison table -------------------------------------------------------------------------------------------
-
-def test_the_table_averages_seeds_with_their_spread_and_adds_the_real_floor():
-    from usam.report.table import build_table, to_markdown
-
-    base = {"dataset": "moving_digits", "diversity_label": "domain_perceptual", "diversity": 0.2,
-            "latency_per_video": 0.01, "transfer_fid": 50.0, "floor/fid_domain": 1.5, "real/flicker_mc": 0.97,
-            "real/frame0_class_agreement": 0.9}
-    records = [{**base, "model": "usam", "seed": 0, "fid_domain": 10.0, "class_acc": 0.8},
-               {**base, "model": "usam", "seed": 1, "fid_domain": 14.0, "class_acc": 0.9},
-               {**base, "model": "gan", "seed": 0, "fid_domain": 30.0, "class_acc": 0.3}]
-    table = build_table(records)
-    usam = table[table.model == "usam"].iloc[0]
-    assert usam["seeds"] == 2 and usam["fid_domain"] == pytest.approx(12.0)
-    assert usam["fid_domain_std"] == pytest.approx(math.sqrt(8.0))
-    floor = table[table.family == "floor"].iloc[0]
-    assert floor["fid_domain"] == 1.5 and floor["flicker_mc"] == 0.97 and floor["frame0_class_agreement"] == 0.9
-    assert list(table.model) == ["usam", "gan", "real (test vs train)"]
-    md = to_markdown(table)
-    assert "12.00 ± 2.83" in md and "| gan | moving_digits | 1 | 30.00 |" in md

@@ -179,7 +179,7 @@ after each epoch's validation (a generator stage's quality check)."""
         try:
             metrics, checkpoint = launcher.run(spec, ray_name, storage)
         except (SystemExit, KeyboardInterrupt, ray.exceptions.RayActorError):
-            if launcher.in_process:  # Tune stops a trial (ASHA) by exiting it from inside its report: let Tune see that
+            if in_trial is not None:  # Tune stops a trial (ASHA) by exiting it from inside its report: let Tune see that
                 raise
             # Ray answers Ctrl-C by aborting its train controller, then calls sys.exit(0) (a success code!)
             raise Interrupted(
