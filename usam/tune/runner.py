@@ -31,6 +31,7 @@ from usam.config import TRAIN_SECTIONS, Config, compose, train_section
 from usam.errors import UsamError
 from usam.eval.class_grid import class_grid
 from usam.eval.generators import load_generator
+from usam.eval.quality import quality_hooks
 from usam.paths import find_project_root, resolve
 from usam.track import client_for, tracked_run, tracking_uri
 from usam.track.run import artifact_root
@@ -352,8 +353,9 @@ def run_trial(config: dict, study: dict) -> None:
         tags.update({"usam.ablation.variant": cell["variant"], "usam.ablation.dataset": cell["dataset"]})
         if generator:
             inputs = _trial_inputs(s, cfg, cell, Layout.of(cfg, root).outputs("studies", s.name, trial_id), root)
+    hooks = quality_hooks(cfg, Layout.of(cfg, root), s.task) if generator else ()  # val FID-domain, class accuracy
     result = fit(cfg, s.task, root=root, run_name=run_name, parent_run_id=s.parent_run_id, resume_run_id=resume,
-                 tags=tags, in_trial="report", inputs=inputs)
+                 tags=tags, in_trial="report", inputs=inputs, hooks=hooks)
     final = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     if cell is not None and generator:
         final.update(_sample_scores(s, cfg, result, Layout.of(cfg, root), inputs, client))
