@@ -168,7 +168,8 @@ def expected(stage: str, item) -> dict:
                 "outs": [reports / f"comparison.{ext}" for ext in ("csv", "md", "html", "json")]
                 + [reports / "curves", reports / "tradeoff"], "metrics": []}
     if stage == "claims":
-        return {"flags": {"spec": Path("claims.yaml"), "records": L.eval_metrics(), "out": reports},
+        return {"flags": {"spec": Path("claims.yaml"), "records": L.eval_metrics(), "out": reports,
+                          "metrics": L.metrics() / "claims.json"},
                 "deps": [Path("claims.yaml"), L.eval_metrics()],
                 "outs": [reports / f"claims.{ext}" for ext in ("json", "md", "html")],
                 "metrics": [L.metrics() / "claims.json"]}

@@ -176,6 +176,25 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_claims(args) -> int:
+    from usam.artifacts.layout import Layout
+    from usam.paths import find_project_root, resolve
+    from usam.report.claims import evaluate, table_text, write
+
+    root = find_project_root()
+    layout = Layout(root, root)  # only paths under the project root are asked for: no config needed
+    records = resolve(args.records, root) if args.records else layout.eval_metrics()
+    spec, graded = evaluate(resolve(args.spec, root), records)
+    print(table_text(graded), end="")
+    if args.out:
+        for path in write(spec, graded, records, resolve(args.out, root), root=root):
+            print(f"wrote {path}")
+    if args.strict and any(g.grade != "reproduced" for g in graded):
+        print("--strict: not every claim is reproduced", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_sample(args) -> int:
     import dataclasses
     import time
@@ -397,6 +416,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--no-audit", action="store_true", help="leave the reproducibility audits out (faster)")
     _add_config_args(report, f"{TREE_PARAMS} (e.g. params.yaml)")
+
+    claims = _command(
+        sub, "claims", cmd_claims,
+        help="grade the paper's claims (claims.yaml) from the per-seed evaluation records",
+        description="Grade every claim of the spec from metrics/eval/ as reproduced, not reproduced or inconclusive,\n"
+        "with its evidence (per-model mean and 95% CI, the difference or ratio with its Welch 95% CI, p, run ids).\n"
+        "A bad spec is one error naming each claim and field. Examples:\n"
+        "  usam claims                            # print the graded table\n"
+        "  usam claims --strict                   # exit 1 unless every claim is reproduced\n"
+        "  usam claims --out reports              # also write reports/claims.{json,md,html} (as the DVC stage does)",
+    )
+    claims.add_argument("--spec", default="claims.yaml", metavar="FILE", help="the claims spec (default: claims.yaml)")
+    claims.add_argument("--records", metavar="DIR", help="the evaluation records (default: metrics/eval)")
+    claims.add_argument("--out", metavar="DIR", help="also write claims.{json,md,html} into DIR")
+    claims.add_argument("--strict", action="store_true", help="exit status 1 unless every claim is reproduced")
 
     ui = sub.add_parser("ui", help="open the MLflow UI over the configured store")
     ui.add_argument("--host", default="127.0.0.1")

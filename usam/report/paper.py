@@ -1,10 +1,11 @@
 """The paper-style report (`usam report`, DVC stage `report`): reports/paper.md and a self-contained
 reports/paper.html.
 
-Sections: the comparison table, the guidance trade-off curves on val, sample grids and animations with samples-vs-real strips, training
-curves, dataset cards, the hyperparameter searches (the shipped spaces, and every sweep or ablation
-found in outputs/studies/ with its trials, seeds and best result), and a reproducibility checklist:
-the audit verdict of every model's training run next to the checklist items it answers.
+Sections: the graded claims (the `claims` stage), the comparison table, the guidance trade-off curves
+on val, sample grids and animations with samples-vs-real strips, training curves, dataset cards, the
+hyperparameter searches (the shipped spaces, and every sweep or ablation found in outputs/studies/ with
+its trials, seeds and best result), and a reproducibility checklist: the audit verdict of every model's
+training run next to the checklist items it answers.
 """
 
 from __future__ import annotations
@@ -84,6 +85,29 @@ def tradeoff(layout: Layout) -> Section:
                             "split was scored once, at the chosen setting.")
     section.images.append(("FID-domain and class accuracy against classifier-free guidance, on val", _png(fig),
                            "image/png"))
+    return section
+
+
+def graded_claims(layout: Layout) -> Section:
+    """The paper's claims (claims.yaml) as graded by the `claims` stage, read from reports/claims.json."""
+    section = Section("The paper's claims")
+    path = layout.reports() / "claims.json"
+    if not path.is_file():
+        section.markdown.append("No graded claims yet: run `dvc repro claims` (or `usam claims --out reports`).")
+        return section
+    data = json.loads(path.read_text())
+    n = data.get("summary", {})
+
+    def cell(text) -> str:  # one table cell: no column breaks (this report's tables split on every bar)
+        return str(text).replace("|", "/").replace("\n", " ")
+
+    section.markdown += [f"**{n.get('reproduced', 0)} reproduced, {n.get('not_reproduced', 0)} not reproduced, "
+                         f"{n.get('inconclusive', 0)} inconclusive** of {n.get('claims', 0)} claims in "
+                         f"`{data.get('spec', 'claims.yaml')}`, graded from the per-seed records in "
+                         f"`{data.get('records', 'metrics/eval')}` (95% CIs; see `reports/claims.md` for the run ids).",
+                         "", "| claim | grade | evidence |", "|---|---|---|"]
+    section.markdown += [f"| **{cell(c['id'])}**: {cell(c['statement'])} | **{c['grade']}** ({cell(c['reason'])}) | "
+                         f"{cell(c['evidence_text'])} |" for c in data.get("claims", [])]
     return section
 
 
@@ -242,7 +266,8 @@ def _run_ids(record: dict) -> list[tuple[str, str]]:
 
 
 def build(layout: Layout, cfg, *, audit_runs: bool = True) -> list[Section]:
-    return [comparison(layout), tradeoff(layout), samples(layout), curves(layout), datasets(layout, list(cfg.data.build)),
+    return [graded_claims(layout), comparison(layout), tradeoff(layout), samples(layout), curves(layout),
+            datasets(layout, list(cfg.data.build)),
             searches(layout), reproducibility(layout, cfg, audit_runs)]
 
 
