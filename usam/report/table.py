@@ -24,6 +24,7 @@ import pandas as pd
 from usam.artifacts.layout import Layout
 from usam.errors import UsamError
 from usam.track import client_for, tracked_run
+from usam.track.provenance import describe_code_state
 
 CODE = {"usam": "usam/models/usam.py", "raster_ar": "usam/models/raster_ar.py", "maskgit": "usam/models/baselines.py",
         "gan": "usam/models/baselines.py", "diffusion": "usam/models/baselines.py"}
@@ -95,7 +96,7 @@ def reproducibility(client, record: dict) -> str:
     except Exception:  # a store that no longer holds the run
         return f"training run {run_id[:8]} not in this tracking store"
     commit = tags.get("git.commit", "unknown")
-    clean = {"false": "clean tree", "true": "DIRTY tree"}.get(tags.get("git.dirty", ""), "tree state unknown")
+    clean = describe_code_state(tags)
     return (f"commit {commit[:10]} ({clean}), seed {tags.get('seed.seed', '?')}, config {tags.get('usam.config_hash', '?')[:10]}, "
             f"weights {str(record.get('weights_sha256', ''))[:10]}, run {run_id[:8]}")
 
