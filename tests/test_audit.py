@@ -282,7 +282,7 @@ def test_missing_artifacts_are_reported_not_raised(project: dict):
 @pytest.mark.slow
 def test_a_dirty_tree_fails_the_code_check_unless_only_dvc_files_changed(project: dict):
     root = project["root"]
-    stage, lock = root / "pipelines" / "train.py", root / "dvc.lock"
+    stage, lock, params = root / "pipelines" / "train.py", root / "dvc.lock", root / "params.yaml"
     with restored(stage, lock):
         stage.write_text(stage.read_text() + "# tuned by hand\n")
         lock.write_text(lock.read_text() + "# rewritten by dvc repro\n")
@@ -291,16 +291,37 @@ def test_a_dirty_tree_fails_the_code_check_unless_only_dvc_files_changed(project
     assert_only(report, project, "code", "FAIL")
     code = check(report, "code")
     assert code.evidence.startswith("uncommitted changes to pipelines/train.py when the run started")
+    assert "(git.code_state = dirty)" in code.evidence
     assert code.details == ("changed: dvc.lock", "changed: pipelines/train.py")
     assert "2 run(s) with this configuration, seed(s) 0" in check(report, "completeness").evidence
 
+    # what `dvc repro` rewrites (dvc.lock, the stage outs) is no change to the code
     with restored(lock):
         lock.write_text(lock.read_text() + "# rewritten by dvc repro\n")
         with tracked_run(project["cfg"], stage="note", root=root) as note:
             pass
     code = check(audited(project, note.run_id), "code")
-    assert code.status == "WARN"
-    assert "the tree was dirty only in DVC-managed files (dvc.lock), which `dvc repro` rewrites" in code.evidence
+    assert code.status == "PASS", code.evidence
+    assert "the tree differed from it only in pipeline products (dvc.lock), which `dvc repro` rewrites" in code.evidence
+
+    # a changed params.yaml (a DVC input): reproducible from dvc.lock, not from the commit
+    with restored(lock, params):
+        params.write_text(params.read_text() + "# tuned by hand\n")
+        lock.write_text(lock.read_text() + "# rewritten by dvc repro\n")
+        with tracked_run(project["cfg"], stage="note", root=root) as inputs:
+            pass
+    code = check(audited(project, inputs.run_id), "code")
+    assert code.status == "WARN", code.evidence
+    assert "only DVC-managed inputs changed (params.yaml): the run is reproducible from dvc.lock" in code.evidence
+    assert code.details == ("changed: dvc.lock", "changed: params.yaml")
+
+    # a run recorded before git.code_state existed is classified from its provenance.json against dvc.yaml here
+    client = client_for(project["cfg"], root)
+    for run_id in (dirty_run, note.run_id, inputs.run_id):
+        client.delete_tag(run_id, "git.code_state")
+    assert [(c.status, "classified against the dvc.yaml here" in c.evidence)
+            for c in (check(audited(project, r), "code") for r in (dirty_run, note.run_id, inputs.run_id))] == [
+        ("FAIL", True), ("PASS", True), ("WARN", True)]
 
 
 def test_an_unknown_run_is_one_clear_error(empty_project: Path, tmp_path: Path, capsys):

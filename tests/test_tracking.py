@@ -78,6 +78,7 @@ def test_a_run_records_config_provenance_datasets_and_no_secrets(repo: Path, mon
     # tags: git, dvc, seeds, command, config hash
     tags = record.data.tags
     assert tags["git.commit"] == _git(repo, "rev-parse", "HEAD") and tags["git.dirty"] == "false"
+    assert tags["git.code_state"] == "clean" and "git.code_changed" not in tags
     assert tags["dvc.out.data/raw/moving_digits"] == "2" * 32 + ".dir"
     assert tags["seed.seed"] == "7" and tags["seed.data.seed"] == "3"
     assert tags["usam.config_hash"] == config_hash(cfg)
@@ -101,6 +102,7 @@ def test_a_run_records_config_provenance_datasets_and_no_secrets(repo: Path, mon
     assert prov["hardware"]["cpu_count"] >= 1 and prov["hardware"]["cpu_model"]
     assert "deterministic_algorithms" in prov["determinism"]
     assert prov["git"]["commit"] == tags["git.commit"]
+    assert (prov["git"]["code_state"], prov["git"]["code_changed"], prov["git"]["code_inputs"]) == ("clean", [], [])
     assert prov["dvc"]["stages"]["data@moving_digits"]["deps"] == {"pipelines/data.py": "1" * 32}
     assert yaml.safe_load(texts["config.yaml"]) == to_dict(cfg)
     assert texts["datasets/moving_digits/CARD.md"] == "# moving_digits card\n"
@@ -119,6 +121,7 @@ def test_dirty_tree_is_flagged(repo: Path):
         pass
     tags = client_for(cfg, repo).get_run(run.run_id).data.tags
     assert tags["git.dirty"] == "true"
+    assert tags["git.code_state"] == "dirty" and tags["git.code_changed"] == "environment.lock"
 
 
 def test_a_failing_body_marks_the_run_failed_and_reraises(project: Path):

@@ -29,6 +29,7 @@ from usam.artifacts.layout import Layout
 from usam.errors import UsamError
 from usam.eval.stats import t_interval, welch
 from usam.track import client_for, tracked_run
+from usam.track.provenance import describe_code_state
 
 CODE = {"usam": "usam/models/usam.py", "raster_ar": "usam/models/raster_ar.py", "maskgit": "usam/models/baselines.py",
         "gan": "usam/models/baselines.py", "diffusion": "usam/models/baselines.py"}
@@ -74,15 +75,6 @@ def _derived(rec: dict) -> dict:
     return rec
 
 
-def code_state(tags: dict) -> str:
-    """How the training run's tree stood against its commit."""
-    try:
-        from usam.track.provenance import describe_code_state
-    except ImportError:  # pragma: no cover - older provenance module
-        return {"false": "clean tree", "true": "DIRTY tree"}.get(tags.get("git.dirty", ""), "tree state unknown")
-    return describe_code_state(tags)
-
-
 def reproducibility(client, records: list[dict]) -> tuple[str, list[dict]]:
     """What the training runs recorded (commit and code state, config hash, seeds, weights), and a link entry
     per run: (note, [{seed, run_id, experiment_id}])."""
@@ -98,7 +90,7 @@ def reproducibility(client, records: list[dict]) -> tuple[str, list[dict]]:
             else:
                 tags = run.data.tags
                 entry["experiment_id"] = run.info.experiment_id
-                states.add(code_state(tags))
+                states.add(describe_code_state(tags))
                 commits.add(tags.get("git.commit", "unknown")[:10])
                 configs.add(tags.get("usam.config_hash", "?")[:10])
         runs.append(entry)

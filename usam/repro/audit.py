@@ -155,7 +155,8 @@ def _quiet_downloads() -> Iterator[None]:
 
 
 def check_code(record: RunRecord, root: Path) -> Check:
-    """The recorded commit exists here, and the tree was clean (or dirty only in DVC-managed files)."""
+    """The recorded commit exists here, and the tree was clean or changed only in pipeline products (PASS), in
+    DVC-managed inputs besides (WARN), or in anything else (FAIL): :func:`usam.track.provenance.code_state`."""
     commit = record.tags.get("git.commit", "unknown")
     if commit == "unknown":
         return Check("code", FAIL, "tag git.commit is not recorded: the run did not start inside a git repository")
@@ -169,37 +170,41 @@ def check_code(record: RunRecord, root: Path) -> Check:
     dirty = record.tags.get("git.dirty")
     if dirty == "false":
         return Check("code", PASS, f"commit {commit[:12]} exists and the tree was clean (git.dirty = false){now}")
-    paths = (record.provenance or {}).get("git", {}).get("dirty_files") or []
-    if not paths:
+    recorded = (record.provenance or {}).get("git") or {}
+    paths = [provenance.porcelain_path(p) for p in recorded.get("dirty_files") or []]
+    state = record.tags.get("git.code_state")
+    if state in provenance.CODE_STATES and "code_changed" in recorded:  # classified when the run started
+        changed, inputs = recorded["code_changed"], recorded.get("code_inputs") or []
+        how = f"git.code_state = {state}"
+    elif paths:  # a run recorded before git.code_state: classified now, with the outs dvc.lock listed then and now
+        products = provenance.lock_outs(provenance.dvc_lock_entries(root)) + provenance.lock_outs(
+            (record.provenance or {}).get("dvc") or {})
+        classified = provenance.code_state(root, paths, products=products)
+        state, changed, inputs = classified["state"], classified["changed"], classified["inputs"]
+        how = f"git.dirty = {dirty}, classified against the dvc.yaml here"
+    elif state in provenance.CODE_STATES:  # the tag without provenance.json: its summary of the paths
+        changed = [record.tags["git.code_changed"]] if record.tags.get("git.code_changed") else []
+        inputs = changed if state == provenance.DVC_INPUTS else []
+        how = f"git.code_state = {state}"
+    else:
         why = record.unavailable.get("provenance.json", "provenance.json lists no changed paths")
         return Check("code", FAIL, f"git.dirty = {dirty} and the uncommitted paths are not known ({why}): "
                                    f"the code that ran may differ from commit {commit[:12]}")
-    paths = [_porcelain_path(p) for p in paths]
-    managed = _dvc_managed_paths(root, record.provenance)
-    code = [p for p in paths if not _is_managed(p, managed)]
-    if code:
-        return Check("code", FAIL, f"uncommitted changes to {_listing(code)} when the run started: the code that ran "
-                                   f"is not commit {commit[:12]}", details=tuple(f"changed: {p}" for p in paths))
-    return Check("code", WARN, f"commit {commit[:12]} exists; the tree was dirty only in DVC-managed files "
-                               f"({_listing(paths)}), which `dvc repro` rewrites{now}")
-
-
-def _porcelain_path(path: str) -> str:
-    """``old -> new`` (a rename in ``git status --porcelain``) -> ``new``; quotes dropped."""
-    return path.split(" -> ")[-1].strip('"')
-
-
-def _dvc_managed_paths(root: Path, prov: dict | None) -> set[str]:
-    """``dvc.lock`` and every out (metrics and plots included) it lists now or listed when the run started."""
-    managed = {"dvc.lock"}
-    for lock in (provenance.dvc_lock_entries(root), (prov or {}).get("dvc") or {}):
-        for stage in (lock.get("stages") or {}).values():
-            managed.update(p.rstrip("/") for p in stage.get("outs", {}))
-    return managed
-
-
-def _is_managed(path: str, managed: set[str]) -> bool:
-    return any(path == m or path.startswith(m + "/") for m in managed)
+    details = tuple(f"changed: {p}" for p in paths)
+    products = [p for p in paths if p not in set(changed)]
+    if state == provenance.DIRTY:
+        code = [p for p in changed if p not in set(inputs)] or changed
+        shown = _listing(code) if code else "paths not recorded"
+        return Check("code", FAIL, f"uncommitted changes to {shown} when the run started: the code that ran "
+                                   f"is not commit {commit[:12]} ({how})", details=details)
+    rewritten = f"; pipeline products that `dvc repro` rewrites changed too ({_listing(products)})" if products else ""
+    if state == provenance.DVC_INPUTS:
+        return Check("code", WARN, f"commit {commit[:12]} exists; only DVC-managed inputs changed "
+                                   f"({_listing(inputs) or 'paths not recorded'}): the run is reproducible from "
+                                   f"dvc.lock, not from the commit alone ({how}){rewritten}{now}", details=details)
+    return Check("code", PASS, f"commit {commit[:12]} exists; the tree differed from it only in pipeline products "
+                               f"({_listing(products) or 'paths not recorded'}), which `dvc repro` rewrites "
+                               f"({how}){now}", details=details)
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------

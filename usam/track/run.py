@@ -1,8 +1,8 @@
 """The one MLflow run context every stage, trainer and trial uses.
 
 ``tracked_run(cfg, stage=...)`` opens a run on the configured store and records, before
-any work starts: the flattened resolved config as params, provenance tags (git commit
-and dirty flag, DVC hashes, seeds, command line, config hash), ``provenance.json`` and
+any work starts: the flattened resolved config as params, provenance tags (git commit,
+dirty flag and code state, DVC hashes, seeds, command line, config hash), ``provenance.json`` and
 ``config.yaml`` as artifacts. Datasets are attached with :meth:`TrackedRun.log_dataset`.
 
 It uses an explicit ``MlflowClient`` (no fluent global state), so several runs can be
@@ -152,6 +152,7 @@ def _provenance_tags(prov: dict[str, Any], cfg: Config, stage: str) -> dict[str,
         "usam.command": prov["command"],
         "git.commit": git["commit"] or "unknown",
         "git.dirty": str(git["dirty"]).lower() if git["dirty"] is not None else "unknown",
+        "git.code_state": git.get("code_state") or "unknown",
         "dvc.lock_sha256": dvc["sha256"] or "none",
         "env.lock_sha256": prov["software"]["lock_file_sha256"] or "none",
         "env.python": prov["software"]["python"],
@@ -161,6 +162,9 @@ def _provenance_tags(prov: dict[str, Any], cfg: Config, stage: str) -> dict[str,
         "hardware.gpus": ",".join(g["name"] for g in prov["hardware"]["gpus"]) or "none",
         "mlflow.source.git.commit": git["commit"] or "",
     }
+    deciding = provenance.deciding_paths(git)
+    if deciding:  # the whole list is in provenance.json
+        tags["git.code_changed"] = provenance.listing(deciding)
     tags.update({f"seed.{k}": v for k, v in prov["seeds"].items()})
     for entry in dvc["stages"].values():  # an out belongs to exactly one stage, so its path is the key
         for path, md5 in entry["outs"].items():
