@@ -152,6 +152,7 @@ def test_usam_train_resume_continues_an_interrupted_run_bit_exactly(project: Pat
     client = client_for(cfg, project)
     (interrupted,) = [r for r in client.search_runs(["1"]) if r.data.tags.get("ray.run_name") == ray_dir.name]
     assert interrupted.info.status == "KILLED"
+    assert interrupted.data.tags["usam.train.where"] == "this process (one worker, no Ray)"  # launcher auto: no Ray
     resumed = run(["usam", "train", "evaluator_clip", *overrides, "--resume", interrupted.info.run_id], cwd=project)
     assert f"run {interrupted.info.run_id}" in resumed.stdout
     assert client.get_run(interrupted.info.run_id).info.status == "FINISHED"

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from usam.config.schema import AugmentConfig
 from usam.errors import DataError
@@ -87,12 +85,17 @@ def augment_clip(clip: torch.Tensor, cfg: AugmentConfig, generator: torch.Genera
         g = _gray(x)
         x = ((x - g) * p["saturation"] + g).clamp(0, 1)
     if cj.hue and rgb:
+        from torchvision.transforms.v2 import functional as TF  # torchvision costs seconds to import: only when used
+
         x = TF.adjust_hue(x, p["hue"])
     if p["hflip"]:
         x = x.flip(-1)
     if p["vflip"]:
         x = x.flip(-2)
     if cfg.rotation_deg:
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
         x = TF.rotate(x, p["angle"], interpolation=InterpolationMode.BILINEAR)
     pad = cfg.random_crop_padding
     if pad:
