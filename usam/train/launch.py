@@ -32,9 +32,9 @@ class InProcess:
     in_process = True
     restarts = 0
 
-    def __init__(self, tcfg: TrainConfig, *, report: bool):
+    def __init__(self, tcfg: TrainConfig, *, report: bool, trial: bool):
         self.tcfg, self.report = tcfg, report
-        self.where = "the Tune trial's process" if report else "this process (one worker, no Ray)"
+        self.where = "the Tune trial's process" if trial else "this process (one worker, no Ray)"
 
     def run(self, spec: WorkerSpec, ray_name: str, storage: str) -> tuple[dict, Path | None]:
         device = torch.device("cuda", 0) if self.tcfg.runtime.use_gpu else torch.device("cpu")

@@ -143,9 +143,9 @@ after each epoch's validation (a generator stage's quality check)."""
     _check_inputs(task, cfg)
     launcher: Launcher
     if in_trial is not None and tcfg.runtime.workers == 1:
-        launcher = InProcess(tcfg, report=in_trial == "report")
+        launcher = InProcess(tcfg, report=in_trial == "report", trial=True)
     elif in_process(cfg, tcfg):
-        launcher = InProcess(tcfg, report=False)
+        launcher = InProcess(tcfg, report=False, trial=False)
     else:
         ensure_ray(cfg)
         check_resources(tcfg, ray.cluster_resources())
