@@ -61,15 +61,10 @@ def comparison(layout: Layout) -> Section:
 def tradeoff(layout: Layout) -> Section:
     """FID-domain and class accuracy against the guidance scale on val, per model: the `select` stages' grids."""
     section = Section("Guidance trade-off (val)")
-    files = sorted((layout.reports() / "tradeoff").glob("*.csv"))
+    files = _csv_files(section, layout, "tradeoff", "No trade-off curves yet: run `dvc repro table`.")
     if not files:
-        section.markdown.append("No trade-off curves yet: run `dvc repro select table`.")
         return section
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, (fid, acc) = plt.subplots(1, 2, figsize=(9, 3.6))
     for path in files:
         frame = pd.read_csv(path)
@@ -131,15 +126,10 @@ def samples(layout: Layout) -> Section:
 
 def curves(layout: Layout) -> Section:
     section = Section("Training curves")
-    files = sorted((layout.reports() / "curves").glob("*.csv"))
+    files = _csv_files(section, layout, "curves", "No training curves yet: run `dvc repro table`.")
     if not files:
-        section.markdown.append("No training curves yet: run `dvc repro table`.")
         return section
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for path in files:
         frame = pd.read_csv(path)
@@ -291,6 +281,23 @@ def write(layout: Layout, cfg, *, audit_runs: bool = True) -> tuple[Path, Path]:
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
+
+
+def _csv_files(section: Section, layout: Layout, folder: str, missing: str) -> list[Path]:
+    """The CSVs of ``reports/<folder>``; none: ``missing`` goes in the section instead."""
+    files = sorted((layout.reports() / folder).glob("*.csv"))
+    if not files:
+        section.markdown.append(missing)
+    return files
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _number(value, std, digits: int) -> str:
