@@ -65,10 +65,11 @@ class QualityCheck(HookBase):
 
 
 def quality_hooks(cfg, layout, model_name: str, evaluators: Path | None = None) -> tuple:
-    """The stage's hooks for ``fit``: one ``QualityCheck`` when ``eval.every_epochs`` is set, else none.
-    ``evaluators``: the folder of the dataset's evaluators (default: where the layout keeps them)."""
-    if cfg.eval.every_epochs <= 0:
-        return ()
+    """The stage's hooks for ``fit``: one ``QualityCheck`` when ``eval.every_epochs`` is set and the dataset's frame
+    evaluator has been trained, else none. ``evaluators``: the folder of the dataset's evaluators (default: where
+    the layout keeps them)."""
     frame = layout.evaluator_weights(cfg.data.name, "frame", evaluators)
+    if cfg.eval.every_epochs <= 0 or not frame.path.is_file():
+        return ()
     return (QualityCheck(model_name, layout.prepared(cfg.data.name) / "val" / "videos.npy", frame,
                          cfg.eval.every_epochs, cfg.eval.quality_samples),)
