@@ -11,7 +11,16 @@ from scipy import stats
 
 from usam.config import compose
 from usam.errors import UsamError
-from usam.eval.select import Scored, check_grids, choose, grid_points, guidance_key, tradeoff, with_settings
+from usam.eval.select import (
+    Scored,
+    check_grids,
+    choose,
+    grid_points,
+    guidance_key,
+    split_values,
+    tradeoff,
+    with_settings,
+)
 from usam.eval.stats import t_interval
 from usam.models.baselines import MaskGIT
 from usam.models.raster_ar import RasterAR
@@ -24,7 +33,10 @@ def test_the_shipped_grids_cover_every_generator_and_build_valid_configs():
     cfg = compose()
     check_grids(cfg, ["usam", "raster_ar", "maskgit", "gan", "diffusion"])
     points = grid_points(cfg, "usam")
-    assert len(points) == math.prod(len(v) for v in cfg.eval.select.grids["usam"].values()) == 16
+    assert len(points) == 16
+    assert split_values("1,[0.7, 1.0],x") == ["1", "[0.7, 1.0]", "x"]
+    with pytest.raises(UsamError, match="not an axis"):
+        grid_points(compose(["eval.select.grids.usam=[model.sampling.cfg]"]), "usam")
     assert len({tuple(sorted(p.items())) for p in points}) == len(points)
     assert grid_points(cfg, "gan") == [{}]  # no sampling knob: one setting, the model's own
     point = next(p for p in points if p["model.sampling.cfg"] == "4.5" and p["model.sampling.cfg_ramp"] == "constant")

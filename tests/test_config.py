@@ -20,8 +20,9 @@ def test_default_composes_and_every_schema_key_has_exactly_one_default():
     assert isinstance(cfg, Config)
     schema_keys = {row[0] for row in describe(Config)}
     tree_keys = set(flatten(compose_dict()))
-    # dict-valued knobs (e.g. source_split) flatten one level deeper in the tree
-    tree_keys = {k if k in schema_keys else k.rsplit(".", 1)[0] for k in tree_keys}
+    # dict-valued knobs (e.g. source_split, eval.select.grids) flatten deeper in the tree: their longest schema prefix
+    prefixes = lambda k: [".".join(k.split(".")[:i]) for i in range(k.count(".") + 1, 0, -1)]  # noqa: E731
+    tree_keys = {next((p for p in prefixes(k) if p in schema_keys), k) for k in tree_keys}
     assert tree_keys == schema_keys
 
 

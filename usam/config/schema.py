@@ -350,8 +350,8 @@ class SelectConfig:
     num_samples: int = knob(ge=10, le=100000, doc="videos sampled per grid point (scored against the val split)")
     class_acc_share: float = knob(ge=0.0, le=1.0, doc="a setting qualifies when its class accuracy is at least this "
                                                       "share of the best in the grid")
-    grids: dict[str, dict[str, list[str]]] = knob(
-        doc="per generator: config key -> the values tried (YAML text); the grid is their product")
+    grids: dict[str, list[str]] = knob(
+        doc="per generator: axes in Hydra's sweep syntax, `key=v1,v2,...` (values as YAML); the grid is their product")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Sampling settings chosen on val: the grid of a generator's sampling knobs, scored without retraining.
 
-Every point of ``eval.select.grids[<model>]`` (the product of the listed values) is sampled from the same
+Every point of ``eval.select.grids[<model>]`` (axes in Hydra's sweep syntax, ``key=v1,v2,...``; the grid is
+the product of their values) is sampled from the same
 trained weights and scored against the **val** split with the evaluation suite's FID-domain and class
 accuracy. The rule (``choose``): among the points whose class accuracy is at least ``class_acc_share`` of
 the grid's best, the lowest FID-domain wins (ties: the earlier point). The test split is never looked at
@@ -27,9 +28,35 @@ CRITERION = ("lowest FID-domain on val among the settings whose class accuracy i
              "grid's best")
 
 
+def split_values(text: str) -> list[str]:
+    """``a,b,[c, d]`` -> ``["a", "b", "[c, d]"]``: commas inside brackets belong to a value."""
+    out, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "[{(" and 1 or 0
+        depth -= ch in "]})" and 1 or 0
+        if ch == "," and depth == 0:
+            out.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    return [*out, current.strip()]
+
+
+def axes(cfg: Config, model: str) -> dict[str, list[str]]:
+    """The grid's axes of ``model``: config key -> the values tried (YAML text), from ``key=v1,v2,...``."""
+    out = {}
+    for axis in cfg.eval.select.grids.get(model, []):
+        key, sep, values = axis.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise UsamError(f"eval.select.grids.{model} has {axis!r}, not an axis", where="params.yaml: eval.select.grids",
+                            fix="write each axis in Hydra's sweep syntax, e.g. model.sampling.cfg=1.0,2.0,3.0")
+        out[key.strip()] = split_values(values)
+    return out
+
+
 def grid_points(cfg: Config, model: str) -> list[dict[str, str]]:
     """The grid of ``model`` as a list of {config key: value text} (one empty point when it has no grid)."""
-    grid = cfg.eval.select.grids.get(model, {})
+    grid = axes(cfg, model)
     keys = list(grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
