@@ -50,7 +50,7 @@ COLUMNS = [  # (metric key, column title, decimals)
 
 HEADLINE = [("fid_domain", False), ("fvd_domain", False), ("recall_domain", True), ("class_acc", True),
             ("warping_error", False)]  # (metric, higher is better): USAM against each baseline
-EXTRA = [("steps", "steps", 0), ("train_flops", "train PFLOP", 3)]
+EXTRA = [("steps", "steps", 0), ("train_flops", "train TFLOP", 2)]
 
 
 def load_records(layout: Layout) -> list[dict]:
@@ -71,7 +71,7 @@ def _derived(rec: dict) -> dict:
     if "flops_per_sample" in rec:
         rec["flops_per_sample"] = rec["flops_per_sample"] / 1e9
     if "train_flops" in rec:
-        rec["train_flops"] = rec["train_flops"] / 1e15
+        rec["train_flops"] = rec["train_flops"] / 1e12
     return rec
 
 
@@ -184,7 +184,7 @@ def _cell(r, key: str, decimals: int) -> str:
     if value is None or not np.isfinite(value):
         return "–"
     text = f"{value:,.{decimals}f}"
-    return f"{text} ± {(hi - lo) / 2:.{decimals}f}" if np.isfinite(lo) and np.isfinite(hi) else text
+    return f"{text} ± {(hi - lo) / 2:.{decimals}f}" if np.isfinite(lo) and np.isfinite(hi) and hi > lo else text
 
 
 def _p(p: float) -> str:
