@@ -61,7 +61,7 @@ def comparison(layout: Layout) -> Section:
 def tradeoff(layout: Layout) -> Section:
     """FID-domain and class accuracy against the guidance scale on val, per model: the `select` stages' grids."""
     section = Section("Guidance trade-off (val)")
-    files = _csv_files(section, layout, "tradeoff", "No trade-off curves yet: run `dvc repro table`.")
+    files = _csv_files(section, layout, "tradeoff/fid_domain", "No trade-off curves yet: run `dvc repro table`.")
     if not files:
         return section
     plt = _pyplot()

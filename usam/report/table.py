@@ -11,7 +11,7 @@ config hash, weights sha256). For USAM against each baseline on the same dataset
 means, its 95% CI and Welch's p, per headline metric.
 
 Writes reports/comparison.{csv,md,html,json} (the HTML links every row to its MLflow runs), the bar-chart
-data reports/comparison_bars.csv, the trade-off curves reports/tradeoff/<model>_<dataset>.csv and the
+data reports/comparison_bars.csv, the trade-off curves reports/tradeoff/{fid_domain,class_acc}/<model>_<dataset>.csv and the
 training curves reports/curves/<model>_<dataset>_seed<k>.csv for `dvc plots`, and logs the table to an
 MLflow run named `comparison`.
 """
@@ -50,6 +50,7 @@ COLUMNS = [  # (metric key, column title, decimals)
 
 HEADLINE = [("fid_domain", False), ("fvd_domain", False), ("recall_domain", True), ("class_acc", True),
             ("warping_error", False)]  # (metric, higher is better): USAM against each baseline
+TRADEOFF_METRICS = ("fid_domain", "class_acc")
 EXTRA = [("steps", "steps", 0), ("train_flops", "train TFLOP", 2)]
 
 
@@ -272,14 +273,18 @@ def _json_ready(value):
 
 
 def write_tradeoff(layout: Layout) -> None:
-    """The `select` stages' trade-off curves, one CSV per model and dataset (a line each in `dvc plots`)."""
-    out = layout.reports() / "tradeoff"
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.csv"):
+    """The `select` stages' trade-off curves, one CSV per model and dataset (a line each in `dvc plots`), under
+    ``reports/tradeoff/fid_domain/`` and ``reports/tradeoff/class_acc/`` (one `dvc plots` figure per folder)."""
+    for old in (layout.reports() / "tradeoff").glob("*.csv"):  # an older layout's files
         old.unlink()
-    for f in sorted((layout.eval() / "select").glob("*/*/tradeoff.csv")):
-        if len(f.read_text().splitlines()) > 1:
-            (out / f"{f.parent.parent.name}_{f.parent.name}.csv").write_text(f.read_text())
+    for metric in TRADEOFF_METRICS:
+        out = layout.reports() / "tradeoff" / metric
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("*.csv"):
+            old.unlink()
+        for f in sorted((layout.eval() / "select").glob("*/*/tradeoff.csv")):
+            if len(f.read_text().splitlines()) > 1:
+                (out / f"{f.parent.parent.name}_{f.parent.name}.csv").write_text(f.read_text())
 
 
 def write(layout: Layout, cfg) -> str:
