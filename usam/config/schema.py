@@ -211,12 +211,24 @@ class MaskGITBaseline:
     cfg_ramp: GuidanceRamp = knob(doc="linear: from 1 at the first decoding step to cfg at the last")
 
 
+GANAugment = Literal["translation", "brightness", "contrast", "cutout"]
+
+
 @dataclass(frozen=True)
 class GANBaseline:
     noise_dim: int = knob(ge=1, le=4096, doc="generator noise size")
     channels: int = knob(ge=4, le=1024, doc="generator channels at full resolution")
     critic_channels: int = knob(ge=4, le=1024, doc="critic channels at its first layer")
-    lr: Optional[float] = knob(gt=0.0, le=1.0, doc="learning rate of both players; null: train.lr")
+    lr: Optional[float] = knob(gt=0.0, le=1.0, doc="the generator's learning rate; null: train.lr")
+    critic_lr_ratio: float = knob(gt=0.0, le=100.0, doc="the critic's learning rate as a multiple of the generator's (TTUR)")
+    betas: list[float] = knob(ge=0.0, lt=1.0, min_len=2, doc="Adam [beta1, beta2] of both players")
+    r1_gamma: float = knob(ge=0.0, le=1000.0, doc="R1 penalty weight gamma on real videos (term gamma/2 |grad|^2; 0: off)")
+    r1_every: int = knob(ge=1, le=1000, doc="R1 every this many steps, weighted up as many times (lazy regularization)")
+    ema_decay: float = knob(ge=0.0, lt=1.0, doc="EMA of the generator per step (ramped up early); the EMA is what samples")
+    augment: list[GANAugment] = knob(doc="DiffAugment transforms of real and fake videos before the critic")
+
+    def check(self) -> list[str]:
+        return [f"{{path}}.betas = {self.betas} must be [beta1, beta2]"] if len(self.betas) != 2 else []
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 * ``raster_ar``: next-token autoregression over the tokenizer's stream, one token at a time.
 * ``maskgit``: masked-token prediction over the same stream (cosine masking ratio), iterative decoding.
-* ``gan``: pixel-space 3D-conv GAN, hinge loss; one optimizer, the generator's term never trains
-  the critic and the critic's term never trains the generator (fakes are detached for it).
+* ``gan``: pixel-space 3D-conv GAN, hinge loss, spectral-norm projection critic, DiffAugment, lazy R1 and an
+  EMA generator (what is sampled); one optimizer with a parameter group per player (two learning rates,
+  Adam betas of ``baselines.gan.betas``): the generator's term never trains the critic and the critic's
+  term never trains the generator (fakes are detached for it).
 * ``diffusion``: DDPM on the tokenizer's continuous latents (scaled to unit variance), DDIM
   sampling; sampled latents are quantized and decoded by the same tokenizer.
 
@@ -253,10 +255,26 @@ class GANTask(StreamTask):
     def model_kwargs(self) -> dict:
         c = self.bcfg
         return dict(frames=self.frames, size=self.cfg.preprocess.crop_size, noise_dim=c.noise_dim, channels=c.channels,
-                    critic_channels=c.critic_channels, num_classes=len(self.class_names()))
+                    critic_channels=c.critic_channels, num_classes=len(self.class_names()), augment=list(c.augment))
 
     def build_model(self) -> nn.Module:
         return VideoGAN(**self.model_kwargs())
+
+    def optimizer_groups(self, model: nn.Module) -> list[dict]:
+        """One AdamW group per player and kind of tensor (matrices and kernels decay, biases and gains do not):
+        the generator at ``train_cfg.lr``, the critic at ``critic_lr_ratio`` times it (two time-scale update
+        rule), both with ``baselines.gan.betas``. The learning-rate schedule scales every group alike."""
+        c, tcfg = self.bcfg, self.train_cfg
+        groups = []
+        for player, lr in (("generator", tcfg.lr), ("critic", tcfg.lr * c.critic_lr_ratio)):
+            params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(player)]
+            for decay in (True, False):
+                chosen = [p for p in params if (p.ndim >= 2) == decay]
+                if chosen:
+                    groups.append({"params": chosen, "lr": lr, "betas": tuple(c.betas),
+                                   "weight_decay": tcfg.weight_decay if decay else 0.0})
+        assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+        return groups
 
     def export_meta(self) -> dict:
         return {"model_kwargs": self.model_kwargs(), "class_names": self.class_names(), "normalize": self.normalize}
@@ -265,15 +283,30 @@ class GANTask(StreamTask):
         """Dataset videos (B, T, C, H, W, normalized) -> (B, C, T, H, W) in [-1, 1], the generator's range."""
         return _unit(video.transpose(1, 2), self.normalize) * 2 - 1
 
+    def r1_weight(self, step: int) -> float:
+        """The R1 term's weight at optimizer step ``step``: gamma / 2, times ``r1_every`` on every ``r1_every``-th
+        step and 0 on the others (lazy regularization, as in StyleGAN2)."""
+        c = self.bcfg
+        return c.r1_gamma / 2 * c.r1_every if c.r1_gamma > 0 and step % c.r1_every == 0 else 0.0
+
     def loss(self, model, batch, device, step: int = 0):
+        """Critic and generator losses summed (each trains only its own player). First the generator's EMA
+        takes in the weights the ``step`` optimizer steps so far left (once per step), so the exported EMA
+        lags the final optimizer step by one."""
+        unwrap(model).update_ema(step, self.bcfg.ema_decay)
         real = self._as_model_range(batch["video"].to(device))
-        critic, generator = model(real, batch["class"].to(device) if "class" in batch else None)
+        critic, generator, r1 = model(real, batch["class"].to(device) if "class" in batch else None,
+                                      r1_weight=self.r1_weight(step))
         loss = critic + generator
-        return loss, {"loss": float(loss.detach()), "critic": float(critic.detach()), "generator": float(generator.detach())}
+        parts = {"loss": float(loss.detach()), "critic": float(critic.detach()), "generator": float(generator.detach())}
+        if self.r1_weight(step) > 0:
+            parts["r1"] = float(r1)
+        return loss, parts
 
     @torch.no_grad()
     def evaluate(self, model, loader, device) -> dict[str, float]:
-        """The critic's margin between real and generated validation videos (smaller: harder to tell apart)."""
+        """The critic's margin between real validation videos and the EMA generator's (smaller: harder to tell
+        apart)."""
         model.eval()
         generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
         sums = {"seen": 0.0, "gap_sum": 0.0}
@@ -290,6 +323,7 @@ class GANTask(StreamTask):
 
     @torch.no_grad()
     def sample(self, model, cond: dict, batch: int, device, generator=None) -> torch.Tensor:
+        """Videos in [0, 1] from the EMA generator."""
         video = model.generate(model.sample_noise(batch, generator, device), cond.get("class"))
         return (video.float() + 1) / 2
 

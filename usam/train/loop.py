@@ -2,7 +2,8 @@
 
 ``Trainer.train`` calls its hooks (``usam.train.hooks``) around ``run_step``: forward under autocast
 (bf16 on CPU too), backward with gradient accumulation and the fp16 scaler, then the optimizer step
-(AdamW with decoupled weight decay, clipping, warmup then decay). ``train_worker`` builds one for a
+(AdamW with decoupled weight decay, clipping, warmup then decay; over the task's ``optimizer_groups(model)``
+when it has them, e.g. one learning rate per GAN player). ``train_worker`` builds one for a
 task from a ``WorkerSpec``: seeded model, data, the checkpoint to resume from (model, optimizer,
 scheduler, scaler, EMA, progress and every rank's RNG states, for a bit-exact resume) and the hooks.
 """
@@ -183,7 +184,10 @@ def train_worker(spec: WorkerSpec, session: Session | None = None) -> None:
     seed_everything(cfg.seed, deterministic=tcfg.runtime.deterministic)  # same initial weights on every rank
     model = task.build_model()
     seed_everything(derive_seed(cfg.seed, "rank", rank), deterministic=tcfg.runtime.deterministic)
-    optimizer = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=(0.9, 0.95))
+    # a task may bring its own parameter groups (their lr, betas and weight decay override the defaults)
+    groups = (task.optimizer_groups(model) if hasattr(task, "optimizer_groups")
+              else param_groups(model, tcfg.weight_decay))
+    optimizer = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95))
 
     train_ds, val_ds = task.datasets(device)
     sampler = ShardedEpochSampler(len(train_ds), rank=rank, world=world, seed=cfg.seed)
