@@ -267,7 +267,7 @@ def test_a_comment_in_the_audit_replays_or_a_metric_reruns_no_training_stage(tmp
     assert _stale_stages(root) == set()
 
     for module, expected in (("usam/train/replay.py", {"report"}),
-                             ("usam/eval/temporal.py", {"evaluate", "evaluate-usam"})):
+                             ("usam/eval/temporal.py", {"evaluate", "evaluate-usam", "select", "select-usam"})):
         source = root / module
         original = source.read_text()
         source.write_text(original + "# a comment\n")

@@ -226,6 +226,8 @@ class GANBaseline:
     r1_every: int = knob(ge=1, le=1000, doc="R1 every this many steps, weighted up as many times (lazy regularization)")
     ema_decay: float = knob(ge=0.0, lt=1.0, doc="EMA of the generator per step (ramped up early); the EMA is what samples")
     augment: list[GANAugment] = knob(doc="DiffAugment transforms of real and fake videos before the critic")
+    classifier_weight: float = knob(ge=0.0, le=100.0, doc="auxiliary classifier (AC-GAN): weight of its cross-entropy "
+                                                          "for the classifier (real) and the generator (fake); 0: none")
 
     def check(self) -> list[str]:
         return [f"{{path}}.betas = {self.betas} must be [beta1, beta2]"] if len(self.betas) != 2 else []

@@ -21,6 +21,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from usam.models.usam import Block, RMSNorm, sample_bits
 
@@ -253,6 +254,22 @@ class _Critic(nn.Module):
         return out
 
 
+class _FrameClassifier(nn.Module):
+    """Video -> class logits, the mean over frames of a small per-frame conv net (no spectral norm: it is trained
+    by cross-entropy on real videos, not constrained as a critic)."""
+
+    def __init__(self, num_classes: int, channels: int = 16):
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(c, 2 * c, 3, 2, 1),
+                                 nn.LeakyReLU(0.2), nn.Conv2d(2 * c, 2 * c, 3, 2, 1), nn.LeakyReLU(0.2),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * c, num_classes))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = video.shape
+        return self.net(video.transpose(1, 2).reshape(b * t, c, h, w)).view(b, t, -1).mean(1)
+
+
 def _as_buffers(module: nn.Module) -> nn.Module:
     """``module`` with every parameter turned into a buffer of the same name: it still runs, is saved and moved
     with its owner, but trains with no optimizer and counts in no parameter count."""
@@ -274,13 +291,19 @@ class VideoGAN(nn.Module):
     * DiffAugment (``augment``: translation, brightness, contrast, cutout) on real and fake videos alike before
       the critic, and an R1 penalty on real videos (gradient w.r.t. the un-augmented video);
     * an exponential moving average of the generator (``generator_ema``, kept as buffers): what
-      ``generate`` samples from, so it is what the exported weights sample.
+      ``generate`` samples from, so it is what the exported weights sample;
+    * with classes, an auxiliary classifier on the critic's side (``critic_classifier``, AC-GAN style but a
+      network of its own, without spectral norm): it learns the class of augmented real videos by
+      cross-entropy, and the generator is also trained to make its videos classified as their class
+      (weight ``classifier_weight``), the class signal a projection critic alone forms too slowly on a
+      short budget.
 
     The parameters (``parameters()``, what ``usam.models.parameter_count`` counts) are the generator's and the
     critic's; the EMA copy of the generator is buffers and not counted."""
 
     def __init__(self, frames: int, size: int, noise_dim: int = 64, channels: int = 32, critic_channels: int = 32,
-                 num_classes: int = 0, augment: tuple[str, ...] = ("translation", "brightness")):
+                 num_classes: int = 0, augment: tuple[str, ...] = ("translation", "brightness"),
+                 classifier_weight: float = 0.0):
         super().__init__()
         levels = int(math.log2(size // 4))
         if 4 * 2 ** levels != size:
@@ -292,6 +315,8 @@ class VideoGAN(nn.Module):
         self.augment = tuple(augment)
         self.generator = _Generator(frames, size, noise_dim, channels, num_classes)
         self.critic_net = _Critic(frames, size, critic_channels, num_classes)
+        self.classifier_weight = classifier_weight
+        self.critic_classifier = _FrameClassifier(num_classes) if num_classes and classifier_weight > 0 else None
         self.generator_ema = _as_buffers(copy.deepcopy(self.generator)).requires_grad_(False)
         self.register_buffer("ema_step", torch.zeros((), dtype=torch.long))  # optimizer steps the EMA has seen
 
@@ -321,8 +346,6 @@ class VideoGAN(nn.Module):
 
     def critic_frozen(self, video: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """The critic's score with its parameters detached: gradients reach the video (the generator) only."""
-        from torch.func import functional_call
-
         params = {n: p.detach() for n, p in self.named_parameters() if n.startswith("critic")}
         return functional_call(self, params, (video, classes), kwargs={"critic_only": True})
 
@@ -340,7 +363,15 @@ class VideoGAN(nn.Module):
         fake_scores = self.critic(diff_augment(fake.detach(), self.augment), classes)
         critic = F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
         r1 = r1_penalty(real_scores, real) if r1_weight > 0 else torch.zeros((), device=real.device)
-        generator = -self.critic_frozen(diff_augment(fake, self.augment), classes).mean()
+        fake_aug = diff_augment(fake, self.augment)
+        generator = -self.critic_frozen(fake_aug, classes).mean()
+        if self.critic_classifier is not None and classes is not None:
+            w = self.classifier_weight
+            critic = critic + w * F.cross_entropy(self.critic_classifier(diff_augment(real.detach(), self.augment)),
+                                                  classes)
+            frozen = {n: p.detach() for n, p in self.critic_classifier.named_parameters()}
+            generator = generator + w * F.cross_entropy(functional_call(self.critic_classifier, frozen, (fake_aug,)),
+                                                        classes)
         return critic + r1_weight * r1, generator, r1.detach()
 
 

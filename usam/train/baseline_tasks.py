@@ -255,7 +255,8 @@ class GANTask(StreamTask):
     def model_kwargs(self) -> dict:
         c = self.bcfg
         return dict(frames=self.frames, size=self.cfg.preprocess.crop_size, noise_dim=c.noise_dim, channels=c.channels,
-                    critic_channels=c.critic_channels, num_classes=len(self.class_names()), augment=list(c.augment))
+                    critic_channels=c.critic_channels, num_classes=len(self.class_names()), augment=list(c.augment),
+                    classifier_weight=c.classifier_weight)
 
     def build_model(self) -> nn.Module:
         return VideoGAN(**self.model_kwargs())
