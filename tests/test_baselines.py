@@ -73,10 +73,12 @@ def test_each_baseline_overfits_a_batch_and_samples_videos(project: Path, name: 
     assert torch.equal(videos, again), "a seed fixes the samples"
 
 
-@pytest.mark.parametrize("r1_weight", [0.0, 2.0])
-def test_the_gan_generator_term_never_trains_the_critic_and_vice_versa(r1_weight: float):
+@pytest.mark.parametrize("r1_weight, classifier_weight", [(0.0, 0.0), (2.0, 0.0), (0.0, 1.0)])
+def test_the_gan_generator_term_never_trains_the_critic_and_vice_versa(r1_weight: float, classifier_weight: float):
     torch.manual_seed(0)
-    gan = VideoGAN(frames=4, size=16, noise_dim=8, channels=8, critic_channels=8, num_classes=3)
+    gan = VideoGAN(frames=4, size=16, noise_dim=8, channels=8, critic_channels=8, num_classes=3,
+                   classifier_weight=classifier_weight)
+    assert (gan.critic_classifier is not None) == (classifier_weight > 0)
     real = torch.rand(2, 3, 4, 16, 16) * 2 - 1
     classes = torch.tensor([0, 2])
     critic, generator, r1 = gan(real, classes, r1_weight=r1_weight)
@@ -90,6 +92,34 @@ def test_the_gan_generator_term_never_trains_the_critic_and_vice_versa(r1_weight
     d_critic = torch.autograd.grad(critic, _critic(gan), allow_unused=True)
     assert any(g is not None and float(g.abs().sum()) > 0 for g in d_critic)
     assert not any(n.startswith("generator_ema") for n, _ in gan.named_parameters()), "the EMA is not trained"
+    if classifier_weight:  # the auxiliary classifier learns from real videos only, on the critic's side
+        classifier = list(gan.critic_classifier.parameters())
+        critic, generator, _ = gan(real, classes)
+        assert float(torch.autograd.grad(critic, classifier, retain_graph=True)[-1].abs().sum()) > 0
+        assert all(g is None or float(g.abs().sum()) == 0
+                   for g in torch.autograd.grad(generator, classifier, allow_unused=True))
+
+
+def test_the_auxiliary_classifier_pulls_the_generator_towards_the_class():
+    """With the classifier's loss, the generator's gradient differs from the critic-only one; without classes, the
+    classifier is off."""
+    torch.manual_seed(0)
+    gan = VideoGAN(frames=4, size=16, noise_dim=8, channels=8, critic_channels=8, num_classes=3, classifier_weight=1.0)
+    gan.eval()  # spectral norm's power iteration would move between the passes compared
+    real, classes = torch.rand(2, 3, 4, 16, 16) * 2 - 1, torch.tensor([0, 2])
+    torch.manual_seed(1)
+    _, with_cls, _ = gan(real, classes)
+    gan.classifier_weight = 0.0
+    torch.manual_seed(1)
+    _, without, _ = gan(real, classes)
+    assert float(with_cls) > float(without)  # + the cross-entropy, which is positive
+    gan.classifier_weight = 1.0
+    torch.manual_seed(1)
+    _, unconditional, _ = gan(real, None)
+    gan.classifier_weight = 0.0
+    torch.manual_seed(1)
+    _, reference, _ = gan(real, None)
+    assert float(unconditional) == pytest.approx(float(reference))
 
 
 def test_r1_is_the_mean_squared_gradient_norm_and_is_differentiable():
@@ -163,7 +193,8 @@ def test_the_gan_samples_from_its_ema_generator_and_exports_it(project: Path):
     rebuilt.load_state_dict(model.state_dict())  # what the exported weights restore (usam.eval.generators)
     assert torch.equal(draw(rebuilt.eval()), moved)
     assert set(ema) == {n for n, _ in model.generator.named_parameters()}
-    assert parameter_count(model) == parameter_count(model.generator) + parameter_count(model.critic_net)
+    assert parameter_count(model) == parameter_count(model.generator) + parameter_count(model.critic_net) + (
+        parameter_count(model.critic_classifier) if model.critic_classifier is not None else 0)
 
 
 def test_the_ema_is_the_ramped_average_of_the_generator():
@@ -202,7 +233,7 @@ def test_the_gan_has_about_as_many_parameters_as_usam_at_the_default_config(proj
                            heads=m.heads, mlp_ratio=m.mlp_ratio, attention=m.attention, positions=m.positions,
                            qk_norm=m.qk_norm, num_classes=10))
     usam_count = parameter_count(usam)
-    gan_count = parameter_count(make_task("gan", cfg, layout).build_model())  # generator + critic (not the EMA)
+    gan_count = parameter_count(make_task("gan", cfg, layout).build_model())  # generator, critic and classifier (not the EMA)
     assert usam_count == 526_544
     assert abs(gan_count - usam_count) <= 0.1 * usam_count, (gan_count, usam_count)
 
