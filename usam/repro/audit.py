@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
@@ -333,6 +334,8 @@ def check_params(record: RunRecord, root: Path) -> Check:
     try:
 
         current = with_dataset(load_params(root / "params.yaml"), record.config.data.name)
+        if record.config.seed in current.seeds:  # a generator stage runs once per seed of `seeds`, with that seed
+            current = dataclasses.replace(current, seed=record.config.seed)
     except UsamError as exc:
         return Check("params", WARN, f"the run came from the pipeline stage {stage}, but params.yaml cannot be read: {exc.what}")
     if config_hash(current) != recorded:
