@@ -324,7 +324,8 @@ def test_usam_claims_strict_through_a_subprocess(empty_project):
     assert "INCONCLUSIVE" in run.stdout and "--strict: not every claim is reproduced" in run.stderr
 
 
-def test_the_stage_writes_the_reports_and_the_counts(empty_project):
+def test_the_stage_writes_the_reports_and_the_counts(empty_project, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))  # DVC runs the stage from the project root, where `pipelines` lives
     from pipelines.claims import main
 
     shutil.copy(REPO / "params.yaml", empty_project / "params.yaml")

@@ -203,6 +203,8 @@ class Checkpointer(HookBase):
                     "scaler": t.scaler.state_dict(),
                     "ema": self.ema.shadow if self.ema is not None else None,
                     "progress": t.progress.__dict__.copy(),
+                    # counted once, on the first micro-batch: a resumed run must not count (and so run) it again
+                    "flops_per_micro": t.flops_per_micro,
                 }
             local = {"rng": ckpt.rng_state(), "weights_sha256": ckpt.state_digest(t.bare.state_dict())}
             ckpt.write(Path(folder), t.session.rank, shared=shared, local=local)

@@ -219,5 +219,8 @@ def train_worker(spec: WorkerSpec, session: Session | None = None) -> None:
              if rank == 0 and cfg.debug.fault_injection_step is not None else None)
     hooks = [ema, Validation(val_ds), *spec.hooks, logging, fault, NonFiniteGuard(logging, Path(spec.nonfinite_marker)),
              Checkpointer(tcfg.runtime.checkpoint_every, ema, logging)]
-    Trainer(task, model, optimizer, scheduler, scaler, train_ds, sampler, session, progress, total_steps, cfg.seed,
-            [h for h in hooks if h is not None]).train()
+    trainer = Trainer(task, model, optimizer, scheduler, scaler, train_ds, sampler, session, progress, total_steps,
+                      cfg.seed, [h for h in hooks if h is not None])
+    if shared is not None:  # FlopCounterMode's dispatch changes a step's float rounding: count only on a fresh run
+        trainer.flops_per_micro = int(shared.get("flops_per_micro", 0))
+    trainer.train()

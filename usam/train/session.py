@@ -104,7 +104,11 @@ class LocalSession:
     def report(self, metrics: dict, folder: Path, to_tune: bool = True) -> None:
         self._count += 1
         kept = self.folder / f"checkpoint_{self._count:06d}"
-        shutil.copytree(folder, kept, dirs_exist_ok=True)
+        partial = self.folder / f".{kept.name}.partial"  # renamed when whole: a kill mid-copy leaves no checkpoint_*
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(folder, partial)
+        shutil.rmtree(kept, ignore_errors=True)
+        partial.rename(kept)
         for old in sorted(self.folder.glob("checkpoint_*"))[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         self.last = (metrics, kept)
