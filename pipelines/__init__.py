@@ -33,6 +33,8 @@ def parse_stage(doc: str, argv: list[str] | None, positionals: dict[str, str],
     root = find_project_root()
     cfg = load_params(root / "params.yaml")
     if "seed" in positionals:  # a generator stage of one seed of `seeds`: its run seed
+        if args.seed not in cfg.seeds:  # the table and the claims read only the seeds listed there
+            parser.error(f"seed {args.seed} is not in seeds {cfg.seeds} (params.yaml): add it there, or pass one of them")
         cfg = dataclasses.replace(cfg, seed=args.seed)
     layout = Layout.of(cfg, root)
     for flag, (default, _) in paths.items():
