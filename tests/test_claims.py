@@ -353,3 +353,23 @@ def test_the_paper_report_shows_the_graded_claims(tmp_path):
     text = "\n".join(graded_claims(layout).markdown)
     assert "**1 reproduced, 0 not reproduced, 0 inconclusive** of 1 claims" in text
     assert "| **c1**: USAM is better. | **reproduced**" in text
+
+
+def test_only_the_pipelines_seeds_are_graded_a_stale_seed_file_is_not(empty_project, monkeypatch):
+    """A run of fewer seeds over a folder of more (the tiny profile over a clone's committed records) must not mix
+    the leftover seed's record into the grade."""
+    monkeypatch.syspath_prepend(str(REPO))
+    from pipelines.claims import main
+    from usam.config import load_params
+
+    shutil.copy(REPO / "params.yaml", empty_project / "params.yaml")
+    seeds = load_params(REPO / "params.yaml").seeds
+    _project(empty_project, LOW[: len(seeds)])
+    stale = empty_project / "metrics" / "eval" / "usam" / "moving_digits" / f"seed{max(seeds) + 1}.json"
+    stale.write_text(json.dumps(rec("usam", max(seeds) + 1, fid_domain=1000.0)))
+    main(["--spec", "claims.yaml", "--records", "metrics/eval", "--out", "reports"])
+    graded = json.loads((empty_project / "reports" / "claims.json").read_text())["claims"][0]
+    assert graded["grade"] == "reproduced"
+    assert "1000" not in json.dumps(graded)
+    _, without = evaluate(empty_project / "claims.yaml", empty_project / "metrics" / "eval")  # no seeds: every file
+    assert without[0].grade != "reproduced"

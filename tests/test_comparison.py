@@ -164,3 +164,22 @@ def test_usam_against_each_baseline_gives_the_difference_its_ci_and_welchs_p():
     close = [{**r, "fid_domain": 10.0 + (r["seed"] - 1) * (1 if r["model"] == "usam" else -1)} for r in _records()]
     assert {d["metric"]: d for d in differences(build_table(close))}["fid_domain"]["verdict"] == \
         "no significant difference"
+
+
+def test_the_table_reads_only_the_pipelines_seeds(tmp_path):
+    import json
+
+    from usam.artifacts.layout import Layout
+    from usam.report.table import load_records
+
+    layout = Layout(tmp_path, tmp_path)
+    folder = layout.eval_metrics() / "usam" / "moving_digits"
+    folder.mkdir(parents=True)
+    for seed in (0, 1, 2):  # seed 2: what a run of three seeds left behind
+        record = {**BASE, "model": "usam", "seed": seed, "fid_domain": 10.0}
+        (folder / f"seed{seed}.json").write_text(json.dumps(record))
+    assert sorted(r["seed"] for r in load_records(layout, [0, 1])) == [0, 1]
+    assert build_table(load_records(layout, [0, 1])).iloc[0]["seeds"] == 2
+    assert len(load_records(layout, [0, 1, 2])) == 3
+    with pytest.raises(UsamError, match="no evaluation records"):
+        load_records(layout, [7])

@@ -178,13 +178,16 @@ def cmd_report(args) -> int:
 
 def cmd_claims(args) -> int:
     from usam.artifacts.layout import Layout
+    from usam.config import load_params
     from usam.paths import find_project_root, resolve
     from usam.report.claims import evaluate, table_text, write
 
     root = find_project_root()
     layout = Layout(root, root)  # only paths under the project root are asked for: no config needed
     records = resolve(args.records, root) if args.records else layout.eval_metrics()
-    spec, graded = evaluate(resolve(args.spec, root), records)
+    params = root / "params.yaml"
+    seeds = load_params(params).seeds if params.is_file() else None  # the pipeline's seeds, as its stage grades
+    spec, graded = evaluate(resolve(args.spec, root), records, seeds)
     print(table_text(graded), end="")
     if args.out:
         for path in write(spec, graded, records, resolve(args.out, root), root=root):

@@ -85,10 +85,12 @@ class Spec:
 # ---- records ------------------------------------------------------------------------------------------------------
 
 
-def load_eval_records(folder: Path) -> list[dict]:
+def load_eval_records(folder: Path, seeds: list[int] | None = None) -> list[dict]:
     """Every evaluation record under ``folder`` (metrics/eval): one per seed at ``<model>/<dataset>/seed<k>.json``,
     or the older one per pair at ``<model>/<dataset>.json``. A (model, dataset, seed) found in both layouts is
-    taken from the per-seed file. A record without ``model``, ``dataset`` or ``seed`` gets them from its path."""
+    taken from the per-seed file. A record without ``model``, ``dataset`` or ``seed`` gets them from its path.
+    With ``seeds`` (the pipeline's ``seeds``), only those seeds' records: a file another seed list left behind
+    (a run of fewer seeds over a folder of more) never joins the grade."""
     folder = Path(folder)
     found: dict[tuple[str, str, int], dict] = {}
     for pattern in ("*/*.json", "*/*/seed*.json"):  # the per-seed layout last: it wins
@@ -107,7 +109,7 @@ def load_eval_records(folder: Path) -> list[dict]:
             match = re.fullmatch(r"seed(\d+)", path.stem)
             record.setdefault("seed", int(match.group(1)) if len(rel) == 3 and match else 0)
             found[(str(record["model"]), str(record["dataset"]), int(record["seed"]))] = record
-    return list(found.values())
+    return [r for r in found.values() if seeds is None or int(r["seed"]) in seeds]
 
 
 # ---- the spec -----------------------------------------------------------------------------------------------------
@@ -475,10 +477,10 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def evaluate(spec_path: Path, records_dir: Path) -> tuple[Spec, list[Graded]]:
-    """Check the spec, then grade its claims from the records in ``records_dir``."""
+def evaluate(spec_path: Path, records_dir: Path, seeds: list[int] | None = None) -> tuple[Spec, list[Graded]]:
+    """Check the spec, then grade its claims from the records in ``records_dir`` (of ``seeds`` only, when given)."""
     spec = load_spec(spec_path)
-    return spec, grade_all(spec, load_eval_records(records_dir), str(records_dir))
+    return spec, grade_all(spec, load_eval_records(records_dir, seeds), str(records_dir))
 
 
 def write(spec: Spec, graded: list[Graded], records_dir: Path, out: Path, metrics: Path | None = None,

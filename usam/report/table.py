@@ -54,9 +54,11 @@ TRADEOFF_METRICS = ("fid_domain", "class_acc")
 EXTRA = [("steps", "steps", 0), ("train_flops", "train TFLOP", 2)]
 
 
-def load_records(layout: Layout) -> list[dict]:
-    """Every evaluation record (``metrics/eval/<model>/<dataset>/seed<k>.json``), with the table's composite keys."""
-    records = [_derived(json.loads(path.read_text())) for path in sorted(layout.eval_metrics().glob("*/*/seed*.json"))]
+def load_records(layout: Layout, seeds: list[int]) -> list[dict]:
+    """The evaluation records (``metrics/eval/<model>/<dataset>/seed<k>.json``) of the pipeline's ``seeds`` (a file
+    another seed list left behind is not this table's), with the table's composite keys."""
+    records = [_derived(json.loads(path.read_text())) for path in sorted(layout.eval_metrics().glob("*/*/seed*.json"))
+               if path.stem[4:].isdigit() and int(path.stem[4:]) in seeds]
     if not records:
         raise UsamError("no evaluation records", where=str(layout.eval_metrics()), fix="run `dvc repro evaluate`")
     return records
@@ -291,7 +293,7 @@ def write(layout: Layout, cfg) -> str:
     """Build the table from the records of ``layout`` and write its reports (and the MLflow run); returns the Markdown."""
     root = layout.root
     client = client_for(cfg, root) if cfg.tracking.enabled else None
-    table = build_table(load_records(layout), client, selections(layout))
+    table = build_table(load_records(layout, cfg.seeds), client, selections(layout))
     diffs = differences(table)
     out = layout.reports()
     out.mkdir(exist_ok=True)
