@@ -132,6 +132,22 @@ def test_cli_help_explains_itself(tmp_path):
     assert "train.lr: a number, > 0.0 and <= 1.0" in schema
 
 
+def test_the_cli_parser_imports_no_training_stack_and_lists_every_task():
+    """`usam --help` answers at once: building the parser must not import torch (it once took 3.6 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from usam.cli import build_parser; p = build_parser(); "
+            "print(sorted(m for m in ('torch', 'ray', 'mlflow', 'usam.train') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
+    from usam.config.schema import TASK_NAMES
+    from usam.train.baseline_tasks import BASELINE_TASKS
+    from usam.train.tasks import TASKS
+
+    assert TASKS == TASK_NAMES == ("evaluator_frame", "evaluator_clip", "tokenizer", "usam", *BASELINE_TASKS)
+
+
 @pytest.mark.parametrize(
     "override, expected",
     [

@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(verify)
     verify.set_defaults(fn=cmd_data_verify)
 
-    from usam.train.tasks import TASKS
+    from usam.config.schema import TASK_NAMES as TASKS  # not usam.train.tasks: `--help` must not import torch
 
     train = _command(
         sub, "train", cmd_train, help="train a model on Ray Train (DDP), tracked in MLflow",

@@ -7,7 +7,7 @@ cross-field rules a single field cannot express.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 from usam.config.validate import knob
 
@@ -177,6 +177,8 @@ class SamplingConfig:
 
 
 BaselineName = Literal["raster_ar", "maskgit", "gan", "diffusion"]
+# what `usam train` can train (usam.train.tasks builds them); named here so the CLI lists them without torch
+TASK_NAMES = ("evaluator_frame", "evaluator_clip", "tokenizer", "usam", *get_args(BaselineName))
 
 
 @dataclass(frozen=True)

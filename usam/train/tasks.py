@@ -7,7 +7,7 @@ everything else the same way for every task. ``make_task`` builds one by name.
 from __future__ import annotations
 
 from usam.artifacts.layout import Inputs, Layout
-from usam.config.schema import Config
+from usam.config.schema import TASK_NAMES, Config
 from usam.train.baseline_tasks import BASELINE_TASKS
 from usam.train.evaluator_task import EvaluatorTask
 from usam.train.task import Task
@@ -15,7 +15,7 @@ from usam.train.tokenizer_task import TokenizerTask
 from usam.train.usam_task import USAMTask
 
 BASELINES = tuple(BASELINE_TASKS)
-TASKS = ("evaluator_frame", "evaluator_clip", "tokenizer", "usam", *BASELINES)
+TASKS = TASK_NAMES
 
 
 def make_task(name: str, cfg: Config, layout: Layout, inputs: Inputs | None = None) -> Task:
