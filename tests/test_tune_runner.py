@@ -161,6 +161,7 @@ def test_a_two_by_two_ablation_grid_has_its_statistics_and_sample_panels(project
         "task": "usam", "reference": [o for o in TINY if not o.startswith("evaluator.")],
         "variants": {"no_self_correction": {"overrides": ["model.loss.self_correction=0"], "rationale": "test"}},
         "datasets": ["moving_digits"], "seeds": [0, 1], "metric": "val_loss", "mode": "min",
+        "secondary": ["eval_fid_domain", "eval_fvd_domain", "eval_class_acc", "eval_warping_error"],
     }))
     table = ablate(spec, root=project, progress=False)
     name = _study_name(table, project)
@@ -186,6 +187,22 @@ def test_a_two_by_two_ablation_grid_has_its_statistics_and_sample_panels(project
     assert summary.loc["no_self_correction", "delta"] == pytest.approx(c.delta)
     assert summary.loc["no_self_correction", "seeds"] == 2
     assert parent.data.tags["usam.ablation.verdict.no_self_correction"] == stats.verdict({"moving_digits": c})
+    # the suite's numbers on a val sample, per trial (no clip evaluator here: no FVD, a missing cell)
+    assert (table["eval_fid_domain"] > 0).all() and table["eval_class_acc"].between(0, 1).all()
+    assert (table["eval_warping_error"] >= 0).all() and "eval_fvd_domain" not in table
+    for child in children:
+        row = table[table["mlflow_run_id"] == child.info.run_id].iloc[0]
+        assert child.data.metrics["eval/fid_domain"] == pytest.approx(row["eval_fid_domain"])
+        assert child.data.tags["usam.study.eval_settings"] == "the configured ones (no choice on val yet)"
+    stacked = pd.read_csv(project / "outputs" / "studies" / name / "summary_metrics.csv")
+    assert list(dict.fromkeys(stacked["metric"])) == ["val_loss", "eval_fid_domain", "eval_fvd_domain",
+                                                      "eval_class_acc", "eval_warping_error"]
+    fid = stacked[(stacked.metric == "eval_fid_domain") & (stacked.variant == "no_self_correction")].iloc[0]
+    c = stats.welch(table[table.variant == "no_self_correction"]["eval_fid_domain"].tolist(),
+                    table[table.variant == "reference"]["eval_fid_domain"].tolist(), higher_is_better=False)
+    assert fid["delta"] == pytest.approx(c.delta) and fid["better"] == "lower"
+    assert stacked[stacked.metric == "eval_fvd_domain"]["seeds"].eq(0).all()
+    assert "### `eval_warping_error` (lower is better)" in (project / "outputs" / "studies" / name / "report.md").read_text()
     html = (project / "outputs" / "studies" / name / "report.html").read_text()
     assert "samples_reference_moving_digits.png" in html and "samples_no_self_correction_moving_digits.png" in html
 

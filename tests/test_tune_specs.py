@@ -171,3 +171,50 @@ def test_each_searcher_and_dimension_becomes_its_tune_counterpart(tmp_path):
     tpe = load_sweep(_write(tmp_path, {**BASE, "searcher": "optuna", "max_concurrent_trials": 2}))
     repeatable, why = _repeatable("sweep", tpe)
     assert not repeatable and "2 concurrent trials" in why
+
+
+def test_the_shipped_ablations_judge_the_suites_metrics_too():
+    components = load_ablation(REPO / "ablations" / "components.yaml")
+    assert components.secondary == ["eval_fid_domain", "eval_fvd_domain", "eval_class_acc", "eval_warping_error",
+                                    "val_loss"]
+    assert set(load_ablation(REPO / "ablations" / "datasets.yaml").secondary) >= {"eval_fid_domain", "eval_class_acc"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"secondary": ["eval_fid"]}, "secondary: unknown metric 'eval_fid'"),
+    ({"secondary": "eval_fid_domain"}, "a list of metric names"),
+    ({"task": "evaluator_frame", "reference": [], "secondary": ["eval_class_acc"]},
+     "scores a generator's samples; task 'evaluator_frame' samples none"),
+])
+def test_a_bad_secondary_metric_is_refused_before_any_trial(tmp_path, change, message):
+    body = {"task": "usam", "reference": [], "variants": {}, "metric": "val_loss", **change}
+    with pytest.raises(ConfigError, match=message):
+        load_ablation(_write(tmp_path, body))
+
+
+def test_every_metric_is_judged_in_its_own_direction_and_a_missing_one_is_an_empty_cell():
+    import pandas as pd
+
+    from usam.tune.results import ablation_summaries
+    from usam.tune.spec import AblationSpec, Variant
+
+    rows = []
+    for seed in range(3):
+        rows.append({"variant": "reference", "dataset": "a", "seed": seed, "eval_class_acc": 0.5 + 0.01 * seed,
+                     "eval_warping_error": 0.02 + 0.001 * seed})
+        rows.append({"variant": "x", "dataset": "a", "seed": seed, "eval_class_acc": 0.8 + 0.01 * seed,  # higher
+                     "eval_warping_error": 0.04 + 0.001 * seed})  # higher error: worse
+    table = pd.DataFrame(rows).assign(status="completed")
+    ref = Variant("reference", [], "")
+    spec = AblationSpec("usam", ref, [Variant("x", [], "r")], ["a"], [0, 1, 2], "eval_class_acc", "max",
+                        ["eval_warping_error", "eval_fvd_domain"])
+    stacked, verdicts = ablation_summaries(table, spec)
+    cell = stacked.set_index(["metric", "variant"])
+    assert cell.loc[("eval_class_acc", "x"), "effect"] == "better"
+    assert cell.loc[("eval_class_acc", "x"), "better"] == "higher"
+    assert cell.loc[("eval_warping_error", "x"), "effect"] == "worse"
+    assert cell.loc[("eval_warping_error", "x"), "delta"] == pytest.approx(0.02)
+    assert cell.loc[("eval_warping_error", "x"), "better"] == "lower"
+    assert cell.loc[("eval_fvd_domain", "x"), "seeds"] == 0  # no trial reported it: a missing cell
+    assert verdicts["eval_class_acc"]["x"] == verdicts["eval_warping_error"]["x"] == "robust"
+    assert set(stacked["metric"]) == {"eval_class_acc", "eval_warping_error", "eval_fvd_domain"}

@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from usam.eval.stats import mean_std, verdict, welch
+from usam.eval.study import higher_is_better
 from usam.report.markup import html_table
 from usam.tune.spec import STUDY_TAG, TRIAL_TAG
 
@@ -54,7 +55,7 @@ def trial_table(study, spec, grid, client) -> pd.DataFrame:
             "epochs": epochs,
             spec.metric: metrics.get(spec.metric),
             f"best_{spec.metric}": _best(result, spec.metric, spec.mode),
-            **{k: metrics[k] for k in sorted(metrics) if k.startswith(("val_", "sample_")) and k != spec.metric},
+            **{k: metrics[k] for k in sorted(metrics) if k.startswith(("val_", "sample_", "eval_")) and k != spec.metric},
             "duration_s": metrics.get("time_total_s"),
             "train_s": metrics.get("train_seconds"),  # the training itself (data, model, loop); the rest is overhead
             "mlflow_run_id": run.info.run_id if run is not None else metrics.get("mlflow_run_id"),
@@ -123,6 +124,21 @@ def ablation_summary(table: pd.DataFrame, metric: str, mode: str) -> tuple[pd.Da
     summary = pd.DataFrame(rows)
     summary["verdict"] = summary["variant"].map(verdicts).fillna("")
     return summary, verdicts
+
+
+def ablation_summaries(table: pd.DataFrame, spec) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
+    """``ablation_summary`` for the primary metric (its ``mode``) and every secondary one (its own direction,
+    ``usam.eval.study.higher_is_better``), stacked with a ``metric`` column; verdicts per metric and variant. A
+    metric no trial reported gives rows of 0 seeds (a missing cell), not an error."""
+    frames, verdicts = [], {}
+    for metric in dict.fromkeys([spec.metric, *spec.secondary]):
+        mode = spec.mode if metric == spec.metric else ("max" if higher_is_better(metric) else "min")
+        present = table if metric in table else table.assign(**{metric: float("nan")})
+        summary, verdicts[metric] = ablation_summary(present, metric, mode)
+        frames.append(summary.assign(metric=metric, better="higher" if mode == "max" else "lower"))
+    stacked = pd.concat(frames, ignore_index=True)
+    first = ["metric", "better", "variant", "dataset"]
+    return stacked[first + [c for c in stacked.columns if c not in first]], verdicts
 
 
 # ---- plots ----------------------------------------------------------------------------------------------------------
@@ -232,6 +248,19 @@ def write_study(study, spec, grid, parent, client, out: Path) -> pd.DataFrame:
                      _markdown(summary), ""]
         for variant, text in verdicts.items():
             parent.set_tags({f"usam.ablation.verdict.{variant}": text})
+        if spec.secondary:
+            stacked, per_metric = ablation_summaries(table, spec)
+            stacked.to_csv(out / "summary_metrics.csv", index=False)
+            sections += ["## Every metric", "",
+                         ("The same statistics for the primary metric and each secondary one, each in its own "
+                          "direction (delta = variant − reference; `effect` says better or worse for that metric; "
+                          "0 seeds: no trial reported it)."), ""]
+            for metric, part in stacked.groupby("metric", sort=False):
+                sections += [f"### `{metric}` ({part['better'].iloc[0]} is better)", "",
+                             _markdown(part.drop(columns=["metric", "better"])), ""]
+            for metric, per_variant in per_metric.items():
+                if metric != spec.metric:
+                    parent.set_tags({f"usam.ablation.verdict.{metric}.{v}": text for v, text in per_variant.items()})
         images.update(_variant_panels(table, client))
     elif spec.searcher in ("optuna", "cmaes", "random") and len(table) > 1:
         images["optimization_history.png"] = optimization_history(table, spec.metric, spec.mode)

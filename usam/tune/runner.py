@@ -32,6 +32,7 @@ from usam.errors import UsamError
 from usam.eval.class_grid import class_grid
 from usam.eval.generators import load_generator
 from usam.eval.quality import quality_hooks
+from usam.eval.study import study_cfg, study_scores
 from usam.paths import find_project_root, resolve
 from usam.track import client_for, tracked_run, tracking_uri
 from usam.track.run import artifact_root
@@ -392,13 +393,25 @@ def _trial_inputs(s: Study, cfg: Config, cell: dict, folder: Path, root: Path) -
 
 
 def _sample_scores(s: Study, cfg: Config, result, layout: Layout, inputs: Inputs | None, client) -> dict[str, float]:
-    """The trial's sample grid (logged to its run) and, for a class-conditional model, the share of samples
-    the dataset's frame evaluator assigns to the class they were generated for."""
+    """The trial's sample grid (logged to its run) with, for a class-conditional model, the share of samples the
+    dataset's frame evaluator assigns to the class they were generated for; then the evaluation suite's numbers
+    on a val sample at the sampling settings the comparison chose for the reference (``usam.eval.study``)."""
     import tempfile
+
+    from mlflow.entities import Metric
 
     name = cfg.data.name
     generator = load_generator(s.task, cfg, layout, result.weights_path, result.weights_sha256, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         scores = class_grid(generator, cfg, Path(tmp), client, result.run_id,
                             lambda: layout.evaluator_weights(name, "frame"), mp4=False)
-    return {key: value for key, value in scores.items() if key == "sample_class_acc"}  # chance: the same in every trial
+    scores = {key: value for key, value in scores.items() if key == "sample_class_acc"}  # chance: the same everywhere
+    at, settings = study_cfg(cfg, layout, s.task)
+    if settings:
+        generator = load_generator(s.task, at, layout, result.weights_path, result.weights_sha256, inputs)
+    scores.update(study_scores(generator, layout, name, cfg.eval.quality_samples))
+    client.log_batch(result.run_id, metrics=[Metric(f"eval/{k[5:]}", v, int(time.time() * 1000), 0)
+                                             for k, v in scores.items() if k.startswith("eval_")])
+    client.set_tag(result.run_id, "usam.study.eval_settings",
+                   json.dumps(settings) if settings else "the configured ones (no choice on val yet)")
+    return scores

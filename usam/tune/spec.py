@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
 
-from usam.config import compose
+from usam.config import TRAIN_SECTIONS, compose
 from usam.config.validate import build, knob
 from usam.errors import ConfigError
+from usam.eval.study import DIRECTIONS, GENERATOR_ONLY
 
 STUDY_TAG, TRIAL_TAG = "usam.study", "usam.trial_id"  # the MLflow tags that tie a trial run to its study
 
@@ -196,6 +197,7 @@ class AblationSpec:
     seeds: list[int]
     metric: str
     mode: str
+    secondary: list[str] = field(default_factory=list)  # judged too, each in its own direction (no verdict weight)
 
     def grid(self) -> list[tuple[Variant, str, int]]:
         """Every run of the study: (variant, dataset, seed), the reference first."""
@@ -205,7 +207,7 @@ class AblationSpec:
 def load_ablation(path: Path) -> AblationSpec:
     """A validated ablation spec: every variant composes (on every dataset) before anything runs."""
     data = _read(path)
-    known = {"task", "reference", "variants", "datasets", "seeds", "metric", "mode"}
+    known = {"task", "reference", "variants", "datasets", "seeds", "metric", "mode", "secondary"}
     problems = [f"{k}: unknown key (known keys: {', '.join(sorted(known))})" for k in data if k not in known]
     variants = data.get("variants") or {}
     if not isinstance(variants, dict):
@@ -229,12 +231,24 @@ def load_ablation(path: Path) -> AblationSpec:
         problems.append(f"seeds = {seeds!r}: a non-empty list of non-negative integers")
     if data.get("mode", "min") not in ("min", "max"):
         problems.append(f"mode = {data.get('mode')!r}: min or max")
+    secondary = data.get("secondary", []) or []
+    task = str(data.get("task", "usam"))
+    if not isinstance(secondary, list) or not all(isinstance(m, str) for m in secondary):
+        problems.append(f"secondary = {secondary!r}: a list of metric names")
+        secondary = []
+    for metric in secondary:
+        if not (metric in DIRECTIONS or metric.startswith("val_")):
+            problems.append(f"secondary: unknown metric {metric!r} (known: {', '.join(DIRECTIONS)}, or a val_* "
+                            "metric the task reports)")
+        elif task in TRAIN_SECTIONS or task == "tokenizer":
+            if metric.startswith(GENERATOR_ONLY):
+                problems.append(f"secondary: {metric!r} scores a generator's samples; task {task!r} samples none")
     if problems:
         raise ConfigError(f"invalid ablation spec ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n"
                           + "\n".join(f"  - {p}" for p in problems), where=str(path), fix="see ablations/README.md")
     reference = Variant("reference", [_override_text(o) for o in data.get("reference", []) or []], "the reference config")
     spec = AblationSpec(str(data.get("task", "usam")), reference, parsed, list(datasets), list(seeds),
-                        str(data.get("metric", "val_loss")), str(data.get("mode", "min")))
+                        str(data.get("metric", "val_loss")), str(data.get("mode", "min")), list(secondary))
     for variant in [reference, *parsed]:
         for dataset in spec.datasets:
             try:
