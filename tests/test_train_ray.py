@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,14 @@ def test_usam_train_resume_continues_an_interrupted_run_bit_exactly(project: Pat
     assert client.get_run(interrupted.info.run_id).info.status == "FINISHED"
 
     reference = fit(cfg, "evaluator_clip", root=project)
+    # every training run records what it trained on: each split as an MLflow dataset input, digest = content hash
+    manifest = json.loads((project / "data" / "prepared" / "bouncing_shapes" / "manifest.json").read_text())
+    for run_id in (reference.run_id, interrupted.info.run_id):  # the resumed run once, not twice
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert sorted(i.dataset.name for i in inputs) == ["bouncing_shapes/test", "bouncing_shapes/train",
+                                                          "bouncing_shapes/val"]
+        for i in inputs:
+            assert i.dataset.digest == manifest["splits"][i.dataset.name.split("/")[1]]["content_sha256"][:32]
     resumed_file = torch.load(ray_dir / "final" / "weights.pt", weights_only=True)
     reference_file = torch.load(reference.weights_path, weights_only=True)
     for part in ("model", "ema"):

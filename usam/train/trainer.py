@@ -21,7 +21,8 @@ from pathlib import Path
 
 from usam.artifacts.layout import Inputs, Layout
 from usam.config import Config, to_dict
-from usam.errors import Interrupted, UsamError, first_line
+from usam.data import dataset_hashes
+from usam.errors import DataError, Interrupted, UsamError, first_line
 from usam.models import parameter_count
 from usam.paths import find_project_root, resolve
 from usam.track import client_for, tracked_run, tracking_uri
@@ -164,6 +165,14 @@ after each epoch's validation (a generator stage's quality check)."""
                            "usam.train.where": launcher.where, **(tags or {})}) as run:
         print(f"MLflow run {run.run_id} (Ray run {ray_name}); if interrupted, continue with "
               f"`usam train {task_name} <same overrides> --resume {run.run_id}`", flush=True)
+        if not resume_run_id:  # what it trains on, as MLflow dataset inputs (a resumed run has them)
+            prepared = layout.prepared(cfg.data.name)
+            try:
+                hashes = dataset_hashes(prepared)
+            except DataError:  # a folder of videos with no manifest: nothing recorded to attach
+                hashes = {}
+            for split, sha in hashes.items():
+                run.log_dataset(cfg.data.name, split, sha, prepared / split)
         spec = WorkerSpec(
             config=to_dict(cfg), task=task_name, layout=layout, inputs=inputs, log_every=tcfg.runtime.log_every,
             fault_marker=str(Path(storage) / ray_name / ".fault-injected"),
