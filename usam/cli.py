@@ -135,7 +135,9 @@ def cmd_config_schema(args) -> int:
 
 def cmd_config_write_params(args) -> int:
     from usam.config import write_params
+    from usam.paths import check_output_file
 
+    check_output_file(args.output, "-o")  # before composing: a bad path fails first, not last
     write_params(args.output, args.overrides)
     print(f"wrote {args.output}")
     return 0
@@ -156,8 +158,10 @@ def cmd_env_check(args) -> int:
 
 
 def cmd_env_lock(args) -> int:
+    from usam.paths import check_output_file
     from usam.repro.environment import lock
 
+    check_output_file(args.output, "-o")  # before pip resolves anything
     n = lock(Path(args.project), Path(args.output))
     print(f"wrote {args.output}: {n} packages pinned with sha256 hashes")
     return 0
@@ -327,10 +331,12 @@ def cmd_ui(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from usam.paths import find_project_root
+    from usam.paths import check_output_file, find_project_root
     from usam.repro.audit import audit
     from usam.repro.render import render
 
+    if args.output:
+        check_output_file(args.output, "-o")  # before the run is looked up and audited (minutes with replays)
     report = audit(args.run, _config(args), find_project_root(), replay=not args.no_replay)
     text = render(report, args.format)
     if args.output:
