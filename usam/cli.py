@@ -542,7 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
         run=RUN_REF,
     )
     kit.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="the kit folder (new or empty)")
-    kit.add_argument("--force", action="store_true", help="replace the contents of a non-empty DIR")
+    kit.add_argument("--force", action="store_true",
+                     help="replace the contents of a non-empty DIR (never a place holding project work: DVC outputs, "
+                          "git-tracked files, the tracking store, outputs/)")
     _add_config_args(kit, TRACKING_PARAMS)
     return parser
 

@@ -92,7 +92,8 @@ def check_folder(out: Path, root: Path, cfg: Config, force: bool) -> None:
     place = protected_place(out, root, cfg)
     if place is not None:
         raise UsamError(f"the kit folder {out} {place}: a kit never replaces project work, --force or not",
-                        where="-o DIR", fix="pick a new folder outside the project's managed places, e.g. kits/<run-name>")
+                        where="-o DIR",
+                        fix="pick a new folder outside the project's managed places, e.g. kits/<run-name>")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UsamError(f"the kit folder {out} is not empty", where="-o DIR",
                         fix="pick an empty or new folder, or pass --force to replace its contents")

@@ -291,7 +291,8 @@ def resumable_run(client, run_id: str, cfg: Config, task: str | None = None):
                     f"new {task} run",
             )
         if run.info.status == "FINISHED":
-            raise UsamError(f"run {run_id} already finished; nothing to resume", where=f"run {run_id} (status FINISHED)",
+            raise UsamError(f"run {run_id} already finished; nothing to resume",
+                            where=f"run {run_id} (status FINISHED)",
                             fix=f"start a new run: `usam train {task}` without --resume")
     recorded = tags.get("usam.config_hash")
     if recorded != config_hash(cfg):
