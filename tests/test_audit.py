@@ -354,3 +354,17 @@ def test_the_dataloader_scan_names_each_call_without_a_generator(tmp_path: Path)
     (tmp_path / "tests" / "test_x.py").write_text("from torch.utils.data import DataLoader\nDataLoader([])\n")
     (tmp_path / "broken.py").write_text("def (:\n")
     assert dataloaders_without_generator(tmp_path) == (2, ["pkg/load.py:3", "pkg/load.py:5"])
+
+
+@pytest.mark.parametrize("where", ["missing folder", "file as folder", "a folder"])
+def test_audit_checks_its_output_path_before_the_audit(empty_project: Path, tmp_path: Path, where: str, capsys):
+    (tmp_path / "a_file").write_text("x")
+    path, problem = {
+        "missing folder": (tmp_path / "nodir" / "a.html", f"its folder {tmp_path / 'nodir'} does not exist"),
+        "file as folder": (tmp_path / "a_file" / "a.html", f"{tmp_path / 'a_file'} is not a folder"),
+        "a folder": (empty_project, f"{empty_project} is a folder"),
+    }[where]
+    assert main(["audit", "latest", "--format", "html", "-o", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"usam: error: cannot write {path}: {problem}\n  where: -o {path}\n" in err and "Traceback" not in err
+    assert "no run" not in err and not (empty_project / "mlflow.db").exists()  # no run was looked up

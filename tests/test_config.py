@@ -217,3 +217,23 @@ def test_the_recipe_and_where_it_runs_are_apart():
         assert not {"workers", "use_gpu", "threads_per_worker", "fault_injection_step"} & set(to_dict(recipe))
         assert {"workers", "use_gpu", "threads_per_worker", "checkpoint_every"} <= set(to_dict(recipe.runtime))
     assert cfg.debug.fault_injection_step is None
+
+
+def _bad_outputs(tmp_path):
+    """-o paths no file can be written to, each with what the error says about it."""
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+    return [(tmp_path / "nodir" / "out", f"its folder {tmp_path / 'nodir'} does not exist"),
+            (tmp_path / "a_file" / "out", f"{tmp_path / 'a_file'} is not a folder"),
+            (tmp_path / "a_folder", f"{tmp_path / 'a_folder'} is a folder")]
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_write_params_checks_its_output_path_before_composing(tmp_path, case):
+    path, problem = _bad_outputs(tmp_path)[case]
+    # a bad override as well: it would be the error if the config were composed first
+    proc = run(["usam", "config", "write-params", "-o", str(path), "train.weight_decay=2"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"usam: error: cannot write {path}: {problem}\n  where: -o {path}\n" in proc.stderr
+    assert "weight_decay" not in proc.stderr and proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a_file", "a_folder"]

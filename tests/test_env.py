@@ -76,3 +76,12 @@ def test_env_check_cli_reports_each_drift_of_the_real_environment(tmp_path):
         ],
         key=lambda s: s.split()[1],
     )
+
+
+def test_env_lock_checks_its_output_path_before_resolving(tmp_path):
+    proc = run(["usam", "env", "lock", "--project", str(REPO), "-o", str(tmp_path / "nodir" / "environment.lock")],
+               cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"cannot write {tmp_path / 'nodir' / 'environment.lock'}: its folder {tmp_path / 'nodir'} does not exist" \
+        in proc.stderr
+    assert not (tmp_path / "nodir").exists()

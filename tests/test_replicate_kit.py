@@ -282,3 +282,100 @@ def test_a_failing_commands_sh_step_stops_the_script_and_names_it(tmp_path: Path
     code, _, err = commands("nothing", USAM_KIT_PYTHON=str(tmp_path / "no-python"))
     assert code == 2 and f"USAM_KIT_PYTHON={tmp_path / 'no-python'} is not an executable file" in err
     assert not (tmp_path / "nothing").exists()
+
+
+KIT_DVC_YAML = """stages:
+  evaluators:
+    foreach: ${data.build}
+    do:
+      cmd: python -m pipelines.evaluators ${item}
+      outs:
+        - models/evaluators/${item}
+      metrics:
+        - metrics/evaluators/${item}.json:
+            cache: false
+  select:
+    foreach: ${data.build}
+    do:
+      cmd: python -m pipelines.select ${item}
+      outs:
+        - eval/select/${item}:
+            cache: false
+"""
+
+# -o DIR -> what the refusal names; every one of them holds (or is) project work planted below
+PROTECTED = {
+    "models/evaluators/moving_digits": "is, or lies inside, a DVC output of dvc.yaml",
+    "models/evaluators/moving_digits/kit": "is, or lies inside, a DVC output of dvc.yaml",
+    "models": "contains the DVC output models/evaluators/moving_digits of dvc.yaml",
+    "metrics": "contains the DVC output metrics/evaluators/moving_digits.json of dvc.yaml",
+    "eval": "contains the DVC output eval/select/moving_digits of dvc.yaml",
+    "notes": "contains git-tracked files (notes/plan.md)",
+    ".git": "is the git repository",
+    ".dvc/cache": "lies inside DVC's folder (its cache)",
+    "mlartifacts": "is the MLflow artifact store (tracking.artifact_root)",
+    "outputs": "contains Ray's storage (ray.storage_path)",
+    "outputs/ray/frame-run": "lies inside Ray's storage (ray.storage_path)",
+    "store": "contains the MLflow tracking store (tracking.uri)",
+}
+
+
+def _planted(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and ".git/" not in p.relative_to(root).as_posix()}
+
+
+@pytest.mark.parametrize("folder", sorted(PROTECTED))
+def test_the_kit_never_replaces_project_work_force_or_not(empty_project: Path, folder: str, capsys):
+    from usam.config import write_params
+
+    root = empty_project
+    (root / "dvc.yaml").write_text(KIT_DVC_YAML)
+    write_params(root / "params.yaml")
+    store = f"tracking.uri=sqlite:///{root / 'store' / 'runs.db'}"
+    client_for(compose([store]), root).search_experiments()  # a real (empty) sqlite store
+    for path, text in {"models/evaluators/moving_digits/frame.pt": "trained weights",
+                       "metrics/evaluators/moving_digits.json": "{}", "eval/select/moving_digits/best.json": "{}",
+                       "notes/plan.md": "the plan", ".dvc/cache/ab/cdef": "cached", "mlartifacts/1/x/weights.pt": "w",
+                       "outputs/ray/frame-run/checkpoint_000001/rank0.pt": "ckpt"}.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    git(root, "init", "-q")
+    git(root, "add", "notes/plan.md")
+    git(root, "commit", "-qm", "notes")
+    before = _planted(root)
+
+    assert main(["kit", "latest", "-o", folder, "--force", store]) == 2
+    err = capsys.readouterr().err
+    assert f"the kit folder {root / folder} {PROTECTED[folder]}" in err and "--force or not" in err
+    assert "Traceback" not in err and "no run" not in err  # refused before the run is looked up
+    assert _planted(root) == before
+
+
+def test_a_fresh_or_replaceable_folder_is_fine_for_a_kit(empty_project: Path, tmp_path: Path):
+    from usam.repro.kit import check_folder, prepare_folder
+
+    root, cfg = empty_project, compose()
+    (root / "dvc.yaml").write_text(KIT_DVC_YAML)
+    old = root / "kits" / "old"
+    old.mkdir(parents=True)
+    (old / "README.md").write_text("an earlier kit")
+    for out in (root / "kits" / "new", tmp_path / "elsewhere", old):
+        check_folder(out, root, cfg, force=True)
+    with pytest.raises(UsamError, match="is not empty"):
+        check_folder(old, root, cfg, force=False)
+    prepare_folder(old)
+    assert old.is_dir() and not any(old.iterdir())
+
+
+@pytest.mark.slow
+def test_kit_force_onto_a_dvc_output_of_a_real_run_leaves_it_whole(project: dict, monkeypatch, capsys):
+    root, run_id = project["root"], project["run"].info.run_id
+    prepared = root / "data" / "prepared" / "moving_digits"
+    before = {p.relative_to(root).as_posix(): sha256_file(p) for p in prepared.rglob("*") if p.is_file()}
+    assert before
+    monkeypatch.chdir(root)
+    assert main(["kit", run_id, "-o", "data/prepared/moving_digits", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert f"the kit folder {prepared} is, or lies inside, a DVC output of dvc.yaml" in err and "Traceback" not in err
+    assert {p.relative_to(root).as_posix(): sha256_file(p) for p in prepared.rglob("*") if p.is_file()} == before

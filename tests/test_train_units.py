@@ -146,3 +146,42 @@ def test_usam_train_without_data_or_with_a_bad_config_is_one_clear_error(project
     no_tokenizer = run(["usam", "train", "usam"], cwd=project, check=False)
     assert no_tokenizer.returncode == 2 and "dvc repro tokenizer@moving_digits" in no_tokenizer.stderr
     assert not (project / "outputs").exists()
+
+
+def test_train_resume_refuses_another_task_a_finished_run_or_an_unknown_id_before_starting(project, capsys):
+    from conftest import TINY
+
+    from usam.cli import main
+    from usam.data import build_dataset, preprocess_dataset
+    from usam.track import client_for
+    from usam.train import fit
+
+    cfg = compose(TINY)
+    build_dataset(cfg, "moving_digits", project / "data" / "raw" / "moving_digits")
+    preprocess_dataset(cfg, project / "data" / "raw" / "moving_digits", project / "data" / "prepared" / "moving_digits")
+    frame = fit(cfg, "evaluator_frame", root=project)
+    client = client_for(cfg, project)
+
+    def recorded():
+        run = client.get_run(frame.run_id)
+        history = {k: [(m.step, m.value) for m in client.get_metric_history(frame.run_id, k)] for k in run.data.metrics}
+        return run.info.status, run.info.end_time, run.data.tags, run.data.metrics, history, run.data.params
+
+    def runs():
+        return sorted(r.info.run_id for r in client.search_runs([e.experiment_id for e in client.search_experiments()]))
+
+    before, ray_runs, all_runs = recorded(), sorted((project / "outputs" / "ray").iterdir()), runs()
+    assert before[0] == "FINISHED"
+    for task, unknown, message in [
+        ("evaluator_clip", False, f"run {frame.run_id} trained task evaluator_frame, not evaluator_clip"),
+        ("evaluator_frame", False, f"run {frame.run_id} already finished; nothing to resume"),
+        ("evaluator_frame", True, "no run '0123456789abcdef' in the tracking store"),
+    ]:
+        run_id = "0123456789abcdef" if unknown else frame.run_id
+        assert main(["train", task, *TINY, "--resume", run_id]) == 2
+        err = capsys.readouterr().err
+        assert f"usam: error: {message}" in err and "Traceback" not in err, err
+        if not unknown:
+            assert ("usam train evaluator_frame --resume" if task == "evaluator_clip" else "start a new run") in err
+        assert recorded() == before and runs() == all_runs
+        assert sorted((project / "outputs" / "ray").iterdir()) == ray_runs  # nothing started

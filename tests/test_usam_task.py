@@ -179,3 +179,28 @@ def test_the_class_grid_samples_usam_as_the_sampler_does_and_scores_it(project: 
     assert scores == {"sample_class_acc": accuracy, "chance": 1 / len(names)}
     assert client.metrics == {"samples/class_acc": accuracy}
     assert client.artifacts and all(folder == "samples" for _, folder in client.artifacts)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num", "0"], "argument --num: 0 is below 1: give an integer >= 1"),
+    (["--num", "-1"], "argument --num: -1 is below 1: give an integer >= 1"),
+    (["--num", "two"], "argument --num: 'two' is not an integer"),
+    (["--seed", "-1"], "argument --seed: -1 is below 0: give an integer >= 0"),
+    (["--seed", str(2**64)], "argument --seed: 18446744073709551616 is too large"),
+    (["--cfg", "nan"], "argument --cfg: nan is not allowed: give a finite number >= 0.0 and <= 50.0 "
+                       "(the range of model.sampling.cfg)"),
+    (["--cfg", "inf"], "argument --cfg: inf is not allowed"),
+    (["--cfg", "-1"], "argument --cfg: -1 is not allowed"),
+    (["--temperature", "-1"], "argument --temperature: -1 is not allowed: give a finite number >= 0.0 and <= 10.0"),
+    (["--temperature", "nan"], "argument --temperature: nan is not allowed"),
+    (["--top-p", "5"], "argument --top-p: 5 is not allowed: give a finite number >= 0.0 and <= 1.0"),
+    (["--top-p", "-0.1"], "argument --top-p: -0.1 is not allowed"),
+    (["--context", "test"], "argument --context: 'test' is not SPLIT:INDEX"),
+])
+def test_a_bad_sampling_flag_is_an_argparse_error_before_anything_loads(empty_project: Path, flags, message):
+    from conftest import run
+
+    proc = run(["usam", "sample", "latest", *flags], cwd=empty_project, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (empty_project / "mlflow.db").exists()  # no tracking store opened, no run looked up

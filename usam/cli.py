@@ -47,6 +47,60 @@ def _command(sub, name: str, fn, help: str, description: str, run: str | None = 
     return p
 
 
+def _at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (argparse names the flag in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}: give an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a sampling seed, 0 <= seed < 2**63 (what torch.Generator takes)."""
+    value = _at_least(0)(text)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"{value} is too large: give an integer below 2**63")
+    return value
+
+
+def _sampling_knob(name: str):
+    """An argparse type: a finite number within the range ``model.sampling.<name>`` has in the schema (one range,
+    in one place: the flag and the config agree)."""
+
+    def parse(text: str) -> float:
+        import math
+
+        from usam.config.schema import SamplingConfig
+        from usam.config.validate import knob_range
+
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        fits, allowed = knob_range(SamplingConfig, name, value)
+        if not (fits and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text} is not allowed: give a finite number {allowed} "
+                                             f"(the range of model.sampling.{name})")
+        return value
+
+    return parse
+
+
+def _context_ref(text: str) -> str:
+    """An argparse type: ``SPLIT:INDEX`` of a dataset video (that the index exists is checked on the data)."""
+    split, _, index = text.partition(":")
+    if split not in ("train", "val", "test") or not index.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not SPLIT:INDEX (SPLIT train, val or test), e.g. test:0")
+    return text
+
+
 def _config(args):
     from usam.config import compose, load_params
 
@@ -81,7 +135,9 @@ def cmd_config_schema(args) -> int:
 
 def cmd_config_write_params(args) -> int:
     from usam.config import write_params
+    from usam.paths import check_output_file
 
+    check_output_file(args.output, "-o")  # before composing: a bad path fails first, not last
     write_params(args.output, args.overrides)
     print(f"wrote {args.output}")
     return 0
@@ -102,8 +158,10 @@ def cmd_env_check(args) -> int:
 
 
 def cmd_env_lock(args) -> int:
+    from usam.paths import check_output_file
     from usam.repro.environment import lock
 
+    check_output_file(args.output, "-o")  # before pip resolves anything
     n = lock(Path(args.project), Path(args.output))
     print(f"wrote {args.output}: {n} packages pinned with sha256 hashes")
     return 0
@@ -248,9 +306,7 @@ def _context_video(cfg, root: Path, ref: str):
     from usam.artifacts.layout import Layout
     from usam.data import VideoDataset
 
-    split, _, index = ref.partition(":")
-    if split not in ("train", "val", "test") or not index.isdigit():
-        raise UsamError(f"--context {ref!r} is not SPLIT:INDEX", where="--context", fix="e.g. --context test:0")
+    split, _, index = ref.partition(":")  # its form was checked as the flag was parsed (_context_ref)
     data = VideoDataset(Layout.of(cfg, root).prepared(cfg.data.name) / split, cfg.preprocess,
                         train=False, seed=cfg.seed)
     if int(index) >= len(data):
@@ -278,10 +334,12 @@ def cmd_ui(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from usam.paths import find_project_root
+    from usam.paths import check_output_file, find_project_root
     from usam.repro.audit import audit
     from usam.repro.render import render
 
+    if args.output:
+        check_output_file(args.output, "-o")  # before the run is looked up and audited (minutes with replays)
     report = audit(args.run, _config(args), find_project_root(), replay=not args.no_replay)
     text = render(report, args.format)
     if args.output:
@@ -402,12 +460,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--class", dest="klass", metavar="NAME", help="class to generate (e.g. 3, or circle)")
     sample.add_argument("--action", metavar="NAME", help="action cue (bouncing_shapes), e.g. left+speed_up")
     sample.add_argument("--text", metavar="PROMPT", help="caption-style prompt; unknown words are read as unknown")
-    sample.add_argument("--context", metavar="SPLIT:INDEX", help="continue the first frame of this dataset video")
-    sample.add_argument("--num", type=int, default=8, help="videos to generate")
-    sample.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same videos)")
-    sample.add_argument("--cfg", type=float, help="guidance scale (default: model.sampling.cfg)")
-    sample.add_argument("--temperature", type=float, help="one temperature for every scale")
-    sample.add_argument("--top-p", type=float, dest="top_p", help="nucleus threshold per bit")
+    # every flag is checked as it is parsed: a bad one is an argparse error naming it, before anything loads
+    sample.add_argument("--context", metavar="SPLIT:INDEX", type=_context_ref,
+                        help="continue the first frame of this dataset video")
+    sample.add_argument("--num", type=_at_least(1), default=8, help="videos to generate (at least 1)")
+    sample.add_argument("--seed", type=_seed, default=0, help="sampling seed (same seed, same videos)")
+    sample.add_argument("--cfg", type=_sampling_knob("cfg"),
+                        help="guidance scale (default: model.sampling.cfg; its range, see `usam config schema`)")
+    sample.add_argument("--temperature", type=_sampling_knob("temperature"),
+                        help="one temperature for every scale (0: the likelier bit, no sampling)")
+    sample.add_argument("--top-p", type=_sampling_knob("top_p"), dest="top_p", help="nucleus threshold per bit")
     sample.add_argument("--out", type=Path, help="output folder (default: outputs/samples/<run>/<time>)")
     _add_config_args(sample)
 
@@ -483,7 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
         run=RUN_REF,
     )
     kit.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="the kit folder (new or empty)")
-    kit.add_argument("--force", action="store_true", help="replace the contents of a non-empty DIR")
+    kit.add_argument("--force", action="store_true",
+                     help="replace the contents of a non-empty DIR (never a place holding project work: DVC outputs, "
+                          "git-tracked files, the tracking store, outputs/)")
     _add_config_args(kit, TRACKING_PARAMS)
     return parser
 

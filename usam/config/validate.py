@@ -57,6 +57,15 @@ def _range_text(meta: dict) -> str:
     return " and ".join(parts)
 
 
+def knob_range(cls: type, name: str, value: float) -> tuple[bool, str]:
+    """Whether the number ``value`` fits field ``name`` of schema class ``cls`` (NaN never does), and that field's
+    range in words. For a flag that sets a knob: the flag and the config keep one range."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}[name]
+    problems = _Problems()
+    _check_number(name, value, meta, problems)
+    return not problems, _range_text(meta)
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:

@@ -9,7 +9,9 @@ rebuild and verify, and a README. ``kit.json`` lists every file with its sha256.
 
 from __future__ import annotations
 
+import configparser
 import json
+import posixpath
 import shlex
 import shutil
 import subprocess
@@ -21,12 +23,14 @@ import yaml
 
 from usam.config import Config, config_hash, load_params, to_yaml
 from usam.errors import UsamError
+from usam.paths import resolve
 from usam.repro.audit import RunRecord, audit, pipeline_stage
 from usam.repro.render import render
 from usam.repro.replicate import open_record, original_weights, recorded_commit
 from usam.track import provenance
-from usam.track.run import tag_path
+from usam.track.run import artifact_root, tag_path, tracking_uri
 from usam.train import with_dataset
+from usam.train.trainer import storage_path
 
 WEIGHTS = "checkpoint/weights.pt"
 
@@ -34,9 +38,10 @@ WEIGHTS = "checkpoint/weights.pt"
 def build_kit(ref: str, cfg: Config, root: Path, out: Path, *, force: bool = False) -> dict[str, Any]:
     """Write the kit of run ``ref`` (id, name or ``latest``) into ``out``; returns its manifest (``kit.json``)."""
     root, out = Path(root).resolve(), Path(out).resolve()
+    check_folder(out, root, cfg, force)  # before the run is even looked up: a refused folder costs nothing
     record, uri = open_record(ref, cfg, root, "kit")
     commit = recorded_commit(record, root)
-    prepare_folder(out, root, force)
+    prepare_folder(out)
     try:
         return write_kit(record, uri, commit, cfg, root, out)
     except BaseException:
@@ -76,19 +81,101 @@ def write_kit(record: RunRecord, uri: str, commit: str, cfg: Config, root: Path,
     return manifest
 
 
-def prepare_folder(out: Path, root: Path, force: bool) -> None:
-    """An empty ``out``; a non-empty one is refused unless ``force`` (then it is emptied), the project never."""
+def check_folder(out: Path, root: Path, cfg: Config, force: bool) -> None:
+    """Refuse ``out`` before any work: the project itself, a file, a place that holds project work (``--force``
+    or not: see :func:`protected_place`), and a non-empty folder without ``force``."""
     if root.is_relative_to(out):
         raise UsamError(f"the kit folder {out} holds the project itself", where="-o DIR",
                         fix="pick a new folder, e.g. kits/<run-name>")
     if out.exists() and not out.is_dir():
         raise UsamError(f"{out} exists and is not a folder", where="-o DIR", fix="pick another path for the kit")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise UsamError(f"the kit folder {out} is not empty", where="-o DIR",
-                            fix="pick an empty or new folder, or pass --force to replace its contents")
+    place = protected_place(out, root, cfg)
+    if place is not None:
+        raise UsamError(f"the kit folder {out} {place}: a kit never replaces project work, --force or not",
+                        where="-o DIR",
+                        fix="pick a new folder outside the project's managed places, e.g. kits/<run-name>")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsamError(f"the kit folder {out} is not empty", where="-o DIR",
+                        fix="pick an empty or new folder, or pass --force to replace its contents")
+
+
+def prepare_folder(out: Path) -> None:
+    """``out`` empty (a folder :func:`check_folder` let through: its contents are replaced)."""
+    if out.is_dir():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def protected_place(out: Path, root: Path, cfg: Config) -> str | None:
+    """Why ``out`` must not become a kit folder (its contents are deleted under ``--force``, and a kit written
+    into it would mix with them), or None when it may.
+
+    Protected: every place ``dvc.yaml`` declares (``outs``, ``metrics``, ``plots``; templated stages resolved,
+    ``dvc.lock``), git-tracked files, ``.git``, ``.dvc`` (its cache) and a local DVC remote, the tracking store
+    and its artifacts, and ``outputs/`` (Ray's storage, studies, replicas, samples). ``out`` is refused when it
+    is such a place, lies inside one or contains one."""
+    for place, what in stores(root, cfg):
+        if out == place or out.is_relative_to(place):
+            return f"lies inside {what} ({place})" if out != place else f"is {what}"
+        if place.is_relative_to(out):
+            return f"contains {what} ({place})"
+    if not out.is_relative_to(root):
+        return None
+    rel = out.relative_to(root).as_posix()
+    pipeline = provenance.pipeline_paths(root)
+    if pipeline.is_product(rel):
+        return "is, or lies inside, a DVC output of dvc.yaml"
+    held = sorted((p for p in pipeline.products if p == rel or p.startswith(rel + "/")),
+                  key=lambda p: (not (root / p).exists(), p))  # name one that holds work, when one does
+    if held:
+        return f"contains the DVC output {held[0]} of dvc.yaml"
+    tracked = provenance.git(root, "ls-files", "-z", "--cached", "--", rel)
+    if tracked:
+        return f"contains git-tracked files ({posixpath.normpath(tracked.split(chr(0))[0])})"
+    if out.is_dir():  # an out no params.yaml resolves (a pattern): whatever of it already lies there
+        for path in out.rglob("*"):
+            if pipeline.is_product(path.relative_to(root).as_posix()):
+                return f"contains the DVC output {path.relative_to(root).as_posix()} of dvc.yaml"
+    return None
+
+
+def stores(root: Path, cfg: Config) -> list[tuple[Path, str]]:
+    """The local folders and files outside git and dvc.yaml that hold project work, each with what it is."""
+    places = []
+    uri = tracking_uri(cfg, root)
+    if uri.startswith("sqlite:///"):
+        places.append((Path(uri[len("sqlite:///"):]), "the MLflow tracking store (tracking.uri)"))
+    elif uri.startswith("file://") or "://" not in uri:
+        places.append((resolve(uri.removeprefix("file://"), root), "the MLflow tracking store (tracking.uri)"))
+    artifacts = artifact_root(cfg, root)
+    if artifacts.startswith("file://"):
+        places.append((Path(artifacts.removeprefix("file://")), "the MLflow artifact store (tracking.artifact_root)"))
+    ray = storage_path(cfg, root)
+    if "://" not in ray:
+        places.append((Path(ray), "Ray's storage (ray.storage_path)"))
+    for folder in dvc_remotes(root):
+        places.append((folder, "a local DVC remote (.dvc/config)"))
+    places += [(root / ".git", "the git repository"), (root / ".dvc", "DVC's folder (its cache)"),
+               (root / "outputs", "the project's outputs/ (Ray's storage, studies, replicas, samples)"),
+               (root / "mlflow.db", "the default MLflow tracking store"), (root / "mlruns", "an MLflow tracking store"),
+               (root / "mlartifacts", "the default MLflow artifact store")]
+    return [(Path(p).resolve(), what) for p, what in places]
+
+
+def dvc_remotes(root: Path) -> list[Path]:
+    """The local folders ``.dvc/config`` (and ``config.local``) name as remotes."""
+    folders = []
+    for name in ("config", "config.local"):
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(root / ".dvc" / name)
+        except configparser.Error:
+            continue
+        for section in parser.sections():
+            url = parser[section].get("url", "") if section.startswith(("'remote", '"remote', "remote")) else ""
+            if url and "://" not in url:
+                folders.append(resolve(url, root / ".dvc"))
+    return folders
 
 
 def archive(root: Path, commit: str, path: Path) -> None:

@@ -191,7 +191,8 @@ def tracked_run(
     """Open a run with full provenance; mark it FAILED (and re-raise) if the body raises.
 
     ``resume_run_id`` reopens an interrupted run instead of creating one; its recorded
-    config hash must equal ``cfg``'s, so a resumed run never mixes two configurations.
+    config hash must equal ``cfg``'s, so a resumed run never mixes two configurations, and with a ``usam.task``
+    in ``tags`` it must be an unfinished run of that task (:func:`resumable_run`).
     """
     root = (root or find_project_root()).resolve()
     if not cfg.tracking.enabled:
@@ -208,7 +209,7 @@ def tracked_run(
             fix="start the server (or fix tracking.uri), or run with tracking.enabled=false",
         ) from None
     if resume_run_id is not None:
-        handle = _reopen(client, resume_run_id, cfg)
+        handle = _reopen(client, resume_run_id, cfg, (tags or {}).get("usam.task"))
         with _terminate_on_exit(client, handle):
             yield handle
         return
@@ -254,7 +255,19 @@ def _terminate_on_exit(client, handle: TrackedRun) -> Iterator[None]:
     client.set_terminated(handle.run_id, status="FINISHED")
 
 
-def _reopen(client, run_id: str, cfg: Config) -> TrackedRun:
+def _reopen(client, run_id: str, cfg: Config, task: str | None) -> TrackedRun:
+    resumable_run(client, run_id, cfg, task)
+    client.update_run(run_id, status="RUNNING")
+    return TrackedRun(client=client, run_id=run_id)
+
+
+def resumable_run(client, run_id: str, cfg: Config, task: str | None = None):
+    """The recorded run ``run_id`` that ``cfg`` may continue; checked before anything starts, and nothing of the
+    run is changed when it may not.
+
+    It must exist and have been started with ``cfg`` (its config hash). With ``task`` (a training run, as
+    ``usam train TASK --resume`` continues one): it must be a training run of that task, and not FINISHED (a
+    finished run has nothing left to train; reopening it would rewrite its result)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -264,15 +277,31 @@ def _reopen(client, run_id: str, cfg: Config) -> TrackedRun:
             f"no run {run_id!r} in the tracking store", where=provenance.redact(client.tracking_uri),
             fix="copy the run id from `usam ui` or the output of the interrupted command",
         ) from None
-    recorded = run.data.tags.get("usam.config_hash")
+    tags = run.data.tags
+    if task is not None:
+        if "ray.run_name" not in tags:
+            raise UsamError(f"run {run_id} is not a training run (no ray.run_name tag)", where=f"run {run_id}",
+                            fix="pass the id of a `usam train` run")
+        recorded_task = tags.get("usam.task")
+        if recorded_task != task:
+            raise UsamError(
+                f"run {run_id} trained task {recorded_task}, not {task}: it cannot be resumed as {task}",
+                where=f"usam train {task} --resume {run_id}",
+                fix=f"resume it with `usam train {recorded_task} --resume {run_id}`, or drop --resume to start a "
+                    f"new {task} run",
+            )
+        if run.info.status == "FINISHED":
+            raise UsamError(f"run {run_id} already finished; nothing to resume",
+                            where=f"run {run_id} (status FINISHED)",
+                            fix=f"start a new run: `usam train {task}` without --resume")
+    recorded = tags.get("usam.config_hash")
     if recorded != config_hash(cfg):
         raise UsamError(
             f"run {run_id} was started with another configuration (config hash {recorded}, now {config_hash(cfg)})",
             where=f"run {run_id}",
             fix="resume with the same overrides as the original command (see its usam.command tag)",
         )
-    client.update_run(run_id, status="RUNNING")
-    return TrackedRun(client=client, run_id=run_id)
+    return run
 
 
 def _check_reachable(uri: str, timeout: float = 5.0) -> None:

@@ -25,7 +25,7 @@ from usam.data import dataset_hashes
 from usam.errors import DataError, Interrupted, UsamError, first_line
 from usam.models import parameter_count
 from usam.paths import find_project_root, resolve
-from usam.track import client_for, tracked_run, tracking_uri
+from usam.track import client_for, resumable_run, tracked_run, tracking_uri
 from usam.train import checkpoint as ckpt
 from usam.train.launch import InProcess, Launcher, RayTrainGroup
 from usam.train.loop import WorkerSpec
@@ -138,6 +138,8 @@ after each epoch's validation (a generator stage's quality check)."""
     if task_name not in TASKS:
         raise UsamError(f"unknown task {task_name!r}", where="usam train TASK", fix=f"use one of {', '.join(TASKS)}")
     root = (root or find_project_root()).resolve()
+    # the run to continue is checked first: a wrong id, task or finished run starts nothing and changes nothing
+    resumed = resumable_run(client_for(cfg, root), resume_run_id, cfg, task_name) if resume_run_id else None
     layout = Layout.of(cfg, root)
     task = make_task(task_name, cfg, layout, inputs)
     tcfg = task.train_cfg
@@ -153,8 +155,8 @@ after each epoch's validation (a generator stage's quality check)."""
         launcher = RayTrainGroup(tcfg, callbacks or [], report=in_trial == "report")
 
     storage = storage_path(cfg, root)
-    if resume_run_id:
-        ray_name = _recorded_ray_name(cfg, root, resume_run_id)
+    if resumed is not None:
+        ray_name = resumed.data.tags["ray.run_name"]
     else:
         ray_name = f"{task_name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     out_dir = Path(out_dir) if out_dir else Path(storage) / ray_name / "final"
@@ -250,21 +252,6 @@ def _export_final(checkpoint, out_dir: Path, task: Task) -> tuple[Path, str, int
     path = out_dir / "weights.pt"
     sha = ckpt.atomic_torch_save(payload, path)
     return path, sha, parameter_count(model)
-
-
-def _recorded_ray_name(cfg: Config, root: Path, run_id: str) -> str:
-    from mlflow.exceptions import MlflowException
-
-
-    try:
-        tags = client_for(cfg, root).get_run(run_id).data.tags
-    except MlflowException:
-        raise UsamError(f"no run {run_id!r} in the tracking store", where=tracking_uri(cfg, root),
-                        fix="copy the run id from `usam ui` or the interrupted command's output") from None
-    if "ray.run_name" not in tags:
-        raise UsamError(f"run {run_id} is not a training run (no ray.run_name tag)", where=f"run {run_id}",
-                        fix="pass the id of a `usam train` run")
-    return tags["ray.run_name"]
 
 
 def with_dataset(cfg: Config, name: str) -> Config:
