@@ -218,3 +218,23 @@ def test_every_metric_is_judged_in_its_own_direction_and_a_missing_one_is_an_emp
     assert cell.loc[("eval_fvd_domain", "x"), "seeds"] == 0  # no trial reported it: a missing cell
     assert verdicts["eval_class_acc"]["x"] == verdicts["eval_warping_error"]["x"] == "robust"
     assert set(stacked["metric"]) == {"eval_class_acc", "eval_warping_error", "eval_fvd_domain"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"datasets": "moving_digits"}, "datasets = 'moving_digits': a non-empty list of"),  # not split into letters
+    ({"datasets": ["moving_digit"]}, "datasets = \\['moving_digit'\\]"),
+    ({"task": "usamm"}, "task = 'usamm': one of evaluator_frame"),
+    ({"seeds": [0, 2**40]}, "a non-empty list of integers in 0..4294967295"),
+    ({"seeds": [True]}, "a non-empty list of integers"),
+])
+def test_a_bad_ablation_field_is_one_clear_error(tmp_path, change, message):
+    body = {"task": "usam", "reference": [], "variants": {}, "datasets": ["moving_digits"], **change}
+    with pytest.raises(ConfigError, match=message) as err:
+        load_ablation(_write(tmp_path, body))
+    assert err.value.where == str(tmp_path / "spec.yaml")
+
+
+def test_a_seed_beyond_32_bits_is_refused_by_the_schema():
+    with pytest.raises(ConfigError, match="seed = 4294967296: expected a value >= 0 and <= 4294967295"):
+        compose(["seed=4294967296"])
+    assert compose(["seed=4294967295"]).seed == 2**32 - 1

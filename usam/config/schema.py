@@ -12,6 +12,7 @@ from typing import Literal, Optional, get_args
 from usam.config.validate import knob
 
 DatasetName = Literal["moving_digits", "bouncing_shapes", "video_folder"]
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit; a larger one would fail inside torch or numpy, not here
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class DataConfig:
     name: DatasetName = knob(doc="dataset the training stages use")
     build: list[DatasetName] = knob(min_len=1, doc="datasets the `data` stage generates")
     root: str = knob(doc="where datasets are written, relative to the project root")
-    seed: int = knob(ge=0, doc="generation seed; the same seed gives the same bytes")
+    seed: int = knob(ge=0, le=SEED_MAX, doc="generation seed; the same seed gives the same bytes")
     frames: int = knob(ge=2, le=256, doc="frames per video")
     frame_size: int = knob(ge=8, le=1024, doc="height and width of the stored frames")
     num_videos: SplitCounts = knob(doc="videos per split for the synthetic datasets")
@@ -552,8 +553,8 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class Config:
-    seed: int = knob(ge=0, doc="run seed: python, numpy, torch, DataLoader and workers")
-    seeds: list[int] = knob(ge=0, min_len=1, doc="the seeds the pipeline trains every generator with (evaluators "
+    seed: int = knob(ge=0, le=SEED_MAX, doc="run seed: python, numpy, torch, DataLoader and workers")
+    seeds: list[int] = knob(ge=0, le=SEED_MAX, min_len=1, doc="the seeds the pipeline trains every generator with (evaluators "
                                                  "and tokenizers train once, with seed)")
     data: DataConfig = knob()
     preprocess: PreprocessConfig = knob()

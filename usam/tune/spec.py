@@ -14,11 +14,12 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import yaml
 
 from usam.config import TRAIN_SECTIONS, compose
+from usam.config.schema import SEED_MAX, TASK_NAMES, DatasetName
 from usam.config.validate import build, knob
 from usam.errors import ConfigError
 from usam.eval.study import DIRECTIONS, GENERATOR_ONLY
@@ -226,9 +227,16 @@ def load_ablation(path: Path) -> AblationSpec:
             problems.append(f"variants.{name}: unknown key(s) {', '.join(sorted(extra))} (known: overrides, rationale)")
         parsed.append(Variant(str(name), [_override_text(o) for o in body.get("overrides", [])], str(body.get("rationale", ""))))
     datasets = data.get("datasets", ["moving_digits"])
+    known_data = get_args(DatasetName)
+    if not isinstance(datasets, list) or not datasets or not all(d in known_data for d in datasets):
+        problems.append(f"datasets = {datasets!r}: a non-empty list of {', '.join(known_data)}")
+        datasets = []
     seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        problems.append(f"seeds = {seeds!r}: a non-empty list of non-negative integers")
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX for s in seeds):
+        problems.append(f"seeds = {seeds!r}: a non-empty list of integers in 0..{SEED_MAX}")
+    if str(data.get("task", "usam")) not in TASK_NAMES:
+        problems.append(f"task = {data.get('task')!r}: one of {', '.join(TASK_NAMES)}")
     if data.get("mode", "min") not in ("min", "max"):
         problems.append(f"mode = {data.get('mode')!r}: min or max")
     secondary = data.get("secondary", []) or []
