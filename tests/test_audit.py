@@ -106,8 +106,10 @@ def test_a_fresh_run_audits_clean(project: dict, capsys, monkeypatch):
     assert {c.name: c.evidence for c in skipped.checks if c.name in ("metrics", "rerun")} == \
         dict.fromkeys(("metrics", "rerun"), "not run (--no-replay): `usam audit RUN` evaluates and re-runs")
     completeness = check(report, "completeness").evidence
-    assert "dataset inputs or cards" in completeness and "1 run(s) with this configuration, seed(s) 0" in completeness
-    assert "parameter count" not in completeness and "training time" not in completeness
+    # the training run records its dataset's splits as inputs; one seed is what it still lacks
+    assert completeness == ("missing: more than one seed (1 run(s) with this configuration, seed(s) 0): "
+                            "one seed gives no error bar")
+    assert "dataset inputs: 3" in check(report, "completeness").details
 
     # the command line: exit 0, and the three formats
     monkeypatch.chdir(root)
