@@ -129,8 +129,17 @@ class TrackedRun:
 
         source_uri = Path(source).resolve().as_uri() if "://" not in str(source) else str(source)
         dataset = MetaDataset(LocalArtifactDatasetSource(source_uri), name=f"{name}/{split}", digest=sha256[:32])
+        from mlflow.exceptions import MlflowException
+
         tags = [InputTag("mlflow.data.context", split), InputTag("sha256", sha256)]
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
+        for attempt in range(3):  # runs logging the same dataset at once race to insert its row: a retry finds it
+            try:
+                self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
+                break
+            except MlflowException:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
         self.set_tags({f"data.{name}.{split}.sha256": sha256})
         if card is not None and Path(card).is_file():
             self.log_artifact(card, f"datasets/{name}")

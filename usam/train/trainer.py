@@ -173,17 +173,8 @@ after each epoch's validation (a generator stage's quality check)."""
                 hashes = dataset_hashes(prepared)
             except DataError:  # a folder of videos with no manifest: nothing recorded to attach
                 hashes = {}
-            from mlflow.exceptions import MlflowException
-
             for split, sha in hashes.items():
-                for attempt in range(3):  # concurrent trials may race to insert the same dataset row: the retry finds it
-                    try:
-                        run.log_dataset(cfg.data.name, split, sha, prepared / split)
-                        break
-                    except MlflowException:
-                        if attempt == 2:
-                            raise
-                        time.sleep(0.5 * (attempt + 1))
+                run.log_dataset(cfg.data.name, split, sha, prepared / split)
         spec = WorkerSpec(
             config=to_dict(cfg), task=task_name, layout=layout, inputs=inputs, log_every=tcfg.runtime.log_every,
             fault_marker=str(Path(storage) / ray_name / ".fault-injected"),
