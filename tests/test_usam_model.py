@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from usam.models.bsq import MultiScaleBSQ
-from usam.models.usam import USAM, USAMConfig, attention_mask, attention_reach, token_layout
+from usam.models.usam import USAM, KVCache, SpacetimeRoPE, USAMConfig, attention_mask, attention_reach, token_layout
 
 BITS, SCALES, LATENT_FRAMES, CLIP = 8, (1, 2, 4), 5, 2  # an image pyramid, then two clips of 2 latent frames
 
@@ -62,10 +62,92 @@ def test_kv_cached_stages_give_the_full_pass_logits():
         cond = {"class": torch.tensor([3, 7])}
         full = model(inputs, cond)
         state = model._condition(cond, 2, torch.device("cpu"))
-        caches = [dict() for _ in model.blocks]
+        caches = [KVCache(model.bounds[-1]) for _ in model.blocks]
         staged = torch.cat([model.stage_logits(i, inputs[i], state, caches)
                             for i in range(len(model.schedule.stages))], dim=1)
         assert torch.allclose(staged, full, atol=1e-5), mode
+
+
+def test_the_kv_cache_is_written_in_place_and_refuses_more_than_its_capacity():
+    cache = KVCache(5)
+    k, v = torch.randn(2, 3, 2, 4), torch.randn(2, 3, 2, 4)
+    k1, v1 = cache.extend(k, v)
+    assert torch.equal(k1, k) and torch.equal(v1, v)
+    k2, v2 = torch.randn(2, 3, 3, 4), torch.randn(2, 3, 3, 4)
+    kk, vv = cache.extend(k2, v2)
+    assert torch.equal(kk, torch.cat([k, k2], 2)) and torch.equal(vv, torch.cat([v, v2], 2))
+    assert kk.data_ptr() == k1.data_ptr()  # one buffer for the whole stream: nothing re-allocated or copied again
+    with pytest.raises(ValueError, match="holds 5 tokens; 6"):
+        cache.extend(k[:, :, :1], v[:, :, :1])
+
+
+def test_the_samplers_rope_form_gives_the_bits_of_the_pairwise_form_and_the_same_gradients():
+    rope = SpacetimeRoPE(16)
+    positions = torch.rand(7, 4) * 8
+    cos, sin = rope.angles(positions)
+    x = torch.randn(2, 3, 7, 16)
+    fast = SpacetimeRoPE.apply(x, cos, sin)  # no autograd: the three-kernel form
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    pairwise = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+    assert torch.equal(fast, pairwise)
+    xg = x.clone().requires_grad_(True)
+    assert torch.equal(SpacetimeRoPE.apply(xg, cos, sin), pairwise)
+    # a rotation: norms of every pair kept
+    assert torch.allclose(fast.unflatten(-1, (-1, 2)).norm(dim=-1), x.unflatten(-1, (-1, 2)).norm(dim=-1), atol=1e-5)
+
+
+def test_per_stage_modulation_gives_the_per_token_logits_with_the_modulation_matmuls_once_per_sample():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _model("block_causal")
+    _, _, inputs = _stream()
+    cond = {"class": torch.tensor([3, 7])}
+    state = model._condition(cond, 2, torch.device("cpu"))
+    logits, flops = {}, {}
+    for modulation in ("per_token", "per_stage"):
+        caches = [KVCache(model.bounds[-1]) for _ in model.blocks]
+        with torch.no_grad():
+            for i in range(len(model.schedule.stages) - 1):
+                model.stage_logits(i, inputs[i], state, caches, modulation)
+            last = len(model.schedule.stages) - 1
+            with FlopCounterMode(display=False) as counter:
+                logits[modulation] = model.stage_logits(last, inputs[last], state, caches, modulation)
+        flops[modulation] = counter.get_total_flops()
+    assert torch.allclose(logits["per_stage"], logits["per_token"], atol=1e-5)
+    n, w, depth = model.schedule.stages[-1].tokens, model.width, len(model.blocks)
+    # the blocks' modulation (C -> 6C) and the head's (C -> 2C), for n - 1 fewer rows per sample
+    assert flops["per_token"] - flops["per_stage"] == 2 * 2 * (n - 1) * w * (6 * w * depth + 2 * w)
+    with pytest.raises(ValueError, match="modulation"):
+        model.generate(MultiScaleBSQ(BITS, SCALES, CLIP), cond, 2, modulation="per_frame")
+
+
+def test_bf16_sampling_draws_valid_bits_from_nearly_the_fp32_logits():
+    from usam.models.raster_ar import RasterAR
+
+    model = _model("block_causal")
+    q = MultiScaleBSQ(BITS, SCALES, CLIP)
+    cond = {"class": torch.tensor([3, 7])}
+    bits = model.generate(q, cond, 2, precision="bf16", modulation="per_stage", generator=torch.Generator().manual_seed(0))
+    assert [b.shape for b in bits] == [(2, BITS, st.frames, st.side, st.side) for st in model.schedule.stages]
+    assert all(b.dtype == torch.bool for b in bits)
+    _, _, inputs = _stream()
+    state = model._condition(cond, 2, torch.device("cpu"))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model.stage_logits(0, inputs[0], state, [KVCache(model.bounds[-1]) for _ in model.blocks])
+    high = model.stage_logits(0, inputs[0], state, [KVCache(model.bounds[-1]) for _ in model.blocks])
+    assert low.dtype == torch.float32 and 0 < (low - high).abs().max() < 0.1 * high.abs().max()
+    raster = RasterAR(BITS, 12, width=32, depth=2, heads=2, num_classes=10).eval()
+    assert raster.generate(2, cond["class"], precision="bf16").shape == (2, 12, BITS)
+    with pytest.raises(ValueError, match="precision"):
+        raster.generate(2, cond["class"], precision="fp8")
+
+
+def test_the_cli_offers_the_samplers_switches():
+    from usam.cli import SAMPLER_MODULATIONS, SAMPLER_PRECISIONS
+    from usam.models.usam import MODULATIONS, PRECISIONS
+
+    assert (SAMPLER_MODULATIONS, SAMPLER_PRECISIONS) == (MODULATIONS, PRECISIONS)
 
 
 def _greedy_replay(model, q, bits, cond):

@@ -24,6 +24,9 @@ Run `usam config schema` for every key, its type and its allowed range.
 RUN_REF = "MLflow run id or name, or `latest` (the newest finished training run, in any experiment)"
 TREE_PARAMS = "read this composed config instead of the tree"
 TRACKING_PARAMS = "read the tracking settings from this composed file"
+# the sampler's speed switches (usam.models.usam.MODULATIONS / PRECISIONS), named here so --help imports no torch
+SAMPLER_MODULATIONS = ("per_token", "per_stage")
+SAMPLER_PRECISIONS = ("fp32", "bf16")
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -288,7 +291,8 @@ def cmd_sample(args) -> int:
     cond, forced, notes = sampler.conditions(args.num, klass=args.klass, action=args.action, text=args.text, context=context)
     for note in notes:
         print(f"note: {note}")
-    videos = sampler.sample(cond, args.num, sampling, args.seed, forced)
+    videos = sampler.sample(cond, args.num, sampling, args.seed, forced, modulation=args.modulation,
+                            precision=args.precision)
     out = args.out or Layout.of(cfg, root).outputs("samples", run.info.run_id, time.strftime("%Y%m%d-%H%M%S"))
     files = write_grid(videos, Path(out), "samples", mp4=True)
     for f in files:
@@ -470,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=_sampling_knob("temperature"),
                         help="one temperature for every scale (0: the likelier bit, no sampling)")
     sample.add_argument("--top-p", type=_sampling_knob("top_p"), dest="top_p", help="nucleus threshold per bit")
+    sample.add_argument("--modulation", choices=SAMPLER_MODULATIONS, default="per_token",
+                        help="per_stage: each stage's condition once per sample, fewer FLOPs; per_token: as the "
+                             "pipeline samples (the same seed gives the pipeline's bits)")
+    sample.add_argument("--precision", choices=SAMPLER_PRECISIONS, default="fp32",
+                        help="bf16: autocast for the matmuls (faster where the device has bf16 units)")
     sample.add_argument("--out", type=Path, help="output folder (default: outputs/samples/<run>/<time>)")
     _add_config_args(sample)
 

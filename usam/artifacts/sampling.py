@@ -25,13 +25,14 @@ from usam.models.usam import USAM, USAMConfig
 @torch.no_grad()
 def generate_videos(model: USAM, tokenizer, normalize: dict, frames: int, cond: dict, batch: int,
                     sampling: SamplingConfig, generator: torch.Generator | None = None,
-                    forced: list | None = None) -> torch.Tensor:
-    """Sampled videos (B, 3, T, H, W) with pixel values in [0, 1]."""
+                    forced: list | None = None, modulation: str = "per_token", precision: str = "fp32") -> torch.Tensor:
+    """Sampled videos (B, 3, T, H, W) with pixel values in [0, 1]. ``modulation`` / ``precision``: the sampler's
+    speed switches (:meth:`USAM.generate`); the defaults are what the pipeline samples with."""
     was_training = model.training
     model.eval()
     bits = model.generate(tokenizer.quantizer, cond, batch, cfg=sampling.cfg, cfg_ramp=sampling.cfg_ramp,
                           temperature=list(sampling.temperature), top_k=sampling.top_k, top_p=sampling.top_p,
-                          generator=generator, forced=forced)
+                          generator=generator, forced=forced, modulation=modulation, precision=precision)
     model.train(was_training)
     video = tokenizer.decode(bits, model.schedule, frames).float()
     mean, std = stats_tensors(normalize, (1, -1, 1, 1, 1), video.device)
@@ -102,10 +103,11 @@ class Sampler:
             forced = [b.expand(num, *b.shape[1:]).clone() if i < image_stages else None for i, b in enumerate(bits)]
         return cond, forced, notes
 
-    def sample(self, cond: dict, num: int, sampling: SamplingConfig, seed: int, forced=None) -> torch.Tensor:
+    def sample(self, cond: dict, num: int, sampling: SamplingConfig, seed: int, forced=None, *,
+               modulation: str = "per_token", precision: str = "fp32") -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
         return generate_videos(self.model, self.tokenizer, self.meta["normalize"], self.meta["frames"], cond, num,
-                               sampling, generator, forced)
+                               sampling, generator, forced, modulation, precision)
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn as nn
@@ -69,7 +70,7 @@ class ScaleSchedule:
         clips = [(1 + i * self.clip_frames, self.clip_frames) for i in range(later // self.clip_frames)] if later else []
         return [(0, 1)] + clips
 
-    @property
+    @cached_property
     def stages(self) -> list[Stage]:
         return [Stage(seg, k, t0, n, side) for seg, (t0, n) in enumerate(self.segments) for k, side in enumerate(self.scales)]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from usam.models.usam import Block, RMSNorm, sample_bits
+from usam.models.usam import PRECISIONS, Block, KVCache, RMSNorm, sample_bits
 
 
 class RasterAR(nn.Module):
@@ -68,10 +68,13 @@ class RasterAR(nn.Module):
     @torch.no_grad()
     def generate(self, batch: int, classes: torch.Tensor | None = None, temperature: float = 1.0,
                  generator: torch.Generator | None = None, use_cache: bool = True, cfg: float = 1.0,
-                 cfg_ramp: str = "constant") -> torch.Tensor:
+                 cfg_ramp: str = "constant", precision: str = "fp32") -> torch.Tensor:
         """(B, L, d) bool bits, one token per forward pass (with a KV cache unless ``use_cache=False``). With
         ``cfg != 1`` and classes, the conditional and null-class streams run as one doubled batch and each
-        token's logits are ``null + scale * (cond - null)``."""
+        token's logits are ``null + scale * (cond - null)``. ``precision="bf16"``: bf16 autocast for the matmuls,
+        as USAM's sampler offers."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: use one of {PRECISIONS}")
         device = self.start.device
         scales = self.guidance(cfg, cfg_ramp)
         guided = classes is not None and self.class_embed is not None and any(g != 1.0 for g in scales)
@@ -79,14 +82,16 @@ class RasterAR(nn.Module):
             classes = torch.cat([classes, torch.full_like(classes, self.num_classes)])
         rows = 2 * batch if guided else batch
         c = self._cond(classes, rows, device)
-        caches = [dict() for _ in self.blocks] if use_cache else None
+        caches = [KVCache(self.tokens) for _ in self.blocks] if use_cache else None
         out = torch.zeros(batch, self.tokens, self.bits, dtype=torch.bool, device=device)
         inputs = (self.start + c)[:, None] + self.pos[:, :1]
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         for t in range(self.tokens):
-            if use_cache:
-                logits = self._blocks(inputs[:, -1:], c, t, t + 1, caches)
-            else:
-                logits = self._blocks(inputs, c, 0, t + 1)[:, -1:]
+            with autocast:
+                if use_cache:
+                    logits = self._blocks(inputs, c, t, t + 1, caches)
+                else:
+                    logits = self._blocks(inputs, c, 0, t + 1)[:, -1:]
             if guided:
                 cond, null = logits[:batch], logits[batch:]
                 logits = null + scales[t] * (cond - null)
@@ -94,5 +99,6 @@ class RasterAR(nn.Module):
             out[:, t] = bits
             if t + 1 < self.tokens:
                 nxt = self.in_proj(bits.float() * 2 - 1)[:, None] + self.pos[:, t + 1:t + 2]
-                inputs = torch.cat([inputs, nxt.repeat(2, 1, 1) if guided else nxt], dim=1)
+                nxt = nxt.repeat(2, 1, 1) if guided else nxt
+                inputs = nxt if use_cache else torch.cat([inputs, nxt], dim=1)  # the cache holds the earlier ones
         return out

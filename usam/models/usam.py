@@ -35,6 +35,8 @@ from usam.models.bsq import ScaleSchedule, StageInputs
 from usam.models.evaluators import drop_path
 
 ATTENTION_MODES = ("block_causal", "sparse", "factorized")
+MODULATIONS = ("per_token", "per_stage")  # how sampling computes a stage's adaptive-norm modulation
+PRECISIONS = ("fp32", "bf16")  # sampling's matmul precision (bf16: autocast)
 
 
 def token_layout(schedule: ScaleSchedule) -> dict[str, torch.Tensor]:
@@ -104,15 +106,49 @@ class SpacetimeRoPE(nn.Module):
         self.register_buffer("freqs", base ** (-torch.arange(0, quarter, 2).float() / quarter), persistent=False)
 
     def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (L, 4) -> cos, sin of shape (L, head_dim / 2)."""
+        """positions (L, 4) -> the rotation's two factors, each (L, head_dim): ``cos`` repeated per pair, and
+        ``sin`` per pair with the first element negated: ``(-sin, sin)``."""
         ang = torch.cat([positions[:, a:a + 1].float() * self.freqs for a in range(4)], dim=-1)
-        return ang.cos(), ang.sin()
+        cos, sin = ang.cos(), ang.sin()
+        return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate each pair (x1, x2) of the head dim to (x1 cos - x2 sin, x1 sin + x2 cos).
+
+        Without autograd (sampling) it runs as ``x * cos`` plus the pair-swapped ``x`` times ``(-sin, sin)``:
+        the same products and sums, so the same bits, in three kernels instead of seven. With autograd it
+        keeps the pair-wise form, whose backward sums the gradients in the order the trained weights saw."""
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+            return (x * cos + swapped * sin).to(x.dtype)
+        c, s = cos[..., 0::2], sin[..., 1::2]
         x1, x2 = x[..., 0::2], x[..., 1::2]
-        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-        return out.flatten(-2).to(x.dtype)
+        return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2).to(x.dtype)
+
+
+class KVCache:
+    """One block's keys and values of the tokens seen so far while sampling, in buffers allocated once for
+    the whole stream (``capacity`` tokens): a step writes its keys in place and attends to a view of the
+    filled part, so no step re-allocates or copies what the earlier steps cached."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.length = capacity, 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append (B, H, n, D) keys and values; returns every cached one so far, (B, H, length, D) views."""
+        b, h, n, d = k.shape
+        if self.k is None:
+            self.k, self.v = k.new_empty(b, h, self.capacity, d), v.new_empty(b, h, self.capacity, d)
+        end = self.length + n
+        if end > self.capacity:
+            raise ValueError(f"the KV cache holds {self.capacity} tokens; {end} were given")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class SelfAttention(nn.Module):
@@ -125,7 +161,7 @@ class SelfAttention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.dropout = dropout
 
-    def forward(self, x, mask, rope=None, cache: dict | None = None) -> torch.Tensor:
+    def forward(self, x, mask, rope=None, cache: KVCache | None = None) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
@@ -133,9 +169,7 @@ class SelfAttention(nn.Module):
             cos, sin = rope
             q, k = SpacetimeRoPE.apply(q, cos, sin), SpacetimeRoPE.apply(k, cos, sin)
         if cache is not None:  # sampling: keys and values of every earlier stage stay cached
-            if "k" in cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+            k, v = cache.extend(k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
@@ -290,6 +324,7 @@ class USAM(nn.Module):
         self.register_buffer("stage_of_token", layout["stage"], persistent=False)
         self.register_buffer("rope_positions", torch.stack(
             [layout["scale"].float(), layout["frame"].float(), layout["y"], layout["x"]], dim=1), persistent=False)
+        self._rope_memo: dict = {}
         bounds = [0]
         for st in self.schedule.stages:
             bounds.append(bounds[-1] + st.tokens)
@@ -399,13 +434,16 @@ class USAM(nn.Module):
             x = x + self.pos[:, lo:hi] + self.level(self.rope_positions[lo:hi, 0].long())[None]
         return x
 
-    def _run(self, x, cond: "Condition", lo: int, hi: int, caches=None) -> torch.Tensor:
-        """Blocks over tokens lo..hi (all earlier tokens are in ``caches`` when sampling)."""
+    def _run(self, x, cond: "Condition", lo: int, hi: int, caches=None, per_stage: bool = False) -> torch.Tensor:
+        """Blocks over tokens lo..hi (all earlier tokens are in ``caches`` when sampling). ``per_stage``: lo..hi is
+        one stage, whose tokens share their condition, so the adaptive norms' modulation is computed once per
+        sample, (B, 1, C), and broadcast over the stage's tokens."""
         memory, memory_mask = cond.memory, cond.memory_mask
-        tok_cond = F.silu(cond.c[:, None, :] + self.stage_embed(self.stage_of_token[lo:hi])[None])
+        tokens = self.stage_of_token[lo:lo + 1] if per_stage else self.stage_of_token[lo:hi]
+        tok_cond = F.silu(cond.c[:, None, :] + self.stage_embed(tokens)[None])
         key_lo = 0 if caches is not None else lo
         mask = self.mask[lo:hi, key_lo:hi]
-        rope = self.rope.angles(self.rope_positions[lo:hi]) if self.rope is not None else None
+        rope = self._rope(lo, hi)
         for i, block in enumerate(self.blocks):
             cache = caches[i] if caches is not None else None
             if self.grad_checkpointing and self.training:
@@ -416,6 +454,15 @@ class USAM(nn.Module):
         shift, scale = self.head_ada(tok_cond).chunk(2, dim=-1)
         logits = self.head(self.head_norm(x) * (1 + scale) + shift)
         return logits.view(x.shape[0], hi - lo, self.bits, 2).float()
+
+    def _rope(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The rotary angles of tokens lo..hi, computed once per span and device (they depend on nothing else)."""
+        if self.rope is None:
+            return None
+        key = (lo, hi, self.rope_positions.device)
+        if key not in self._rope_memo:
+            self._rope_memo[key] = self.rope.angles(self.rope_positions[lo:hi])
+        return self._rope_memo[key]
 
     def forward(self, stage_inputs: list[torch.Tensor | None], cond: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Teacher-forced pass over the whole stream: per-stage inputs (``MultiScaleBSQ.next_scale_inputs``)
@@ -429,10 +476,12 @@ class USAM(nn.Module):
         x = self._embed(stage_inputs, range(len(self.schedule.stages)), batch, state)
         return self._run(x, state, 0, self.bounds[-1])
 
-    def stage_logits(self, i: int, stage_input, state: "Condition", caches) -> torch.Tensor:
-        """One stage's logits given every earlier stage's keys/values in ``caches`` (one dict per block)."""
+    def stage_logits(self, i: int, stage_input, state: "Condition", caches, modulation: str = "per_token") -> torch.Tensor:
+        """One stage's logits given every earlier stage's keys/values in ``caches`` (a :class:`KVCache` per block).
+        ``modulation="per_stage"`` computes the stage's modulation once per sample instead of once per token: the
+        same values up to float rounding, a third fewer FLOPs in the blocks' matmuls."""
         x = self._embed([stage_input], range(i, i + 1), state.c.shape[0], state)
-        return self._run(x, state, self.bounds[i], self.bounds[i + 1], caches)
+        return self._run(x, state, self.bounds[i], self.bounds[i + 1], caches, per_stage=modulation == "per_stage")
 
     def flops_per_sample(self, quantizer) -> int:
         """FLOPs of one sample's whole stream in one pass (what the cached stages of a sampling run add up to)."""
@@ -471,7 +520,7 @@ class USAM(nn.Module):
     def generate(self, quantizer, cond: dict[str, torch.Tensor], batch: int, *, cfg: float = 1.0,
                  cfg_ramp: str = "linear", temperature=1.0, top_k: int = 0, top_p: float = 1.0,
                  generator: torch.Generator | None = None, forced: list[torch.Tensor | None] | None = None,
-                 use_cache: bool = True) -> list[torch.Tensor]:
+                 use_cache: bool = True, modulation: str = "per_token", precision: str = "fp32") -> list[torch.Tensor]:
         """Sample per-stage bits (B, d, frames, side, side): one forward pass per stage, the whole stage in parallel.
 
         ``temperature``: one value, or one per scale. ``top_k=1`` (or ``top_p`` below a bit's larger
@@ -479,7 +528,14 @@ class USAM(nn.Module):
         ``forced``: per-stage bits to keep instead of sampling (context frames: e.g. the first frame's
         stages for image-to-video); None entries are sampled. ``use_cache=False`` recomputes the whole
         prefix at every stage (for checks and benchmarks).
+
+        ``modulation``: ``per_token`` (the teacher-forced pass's computation; what the pipeline samples with) or
+        ``per_stage`` (each stage's condition once per sample: the same values up to float rounding, fewer
+        FLOPs). ``precision``: ``fp32``, or ``bf16`` autocast for the matmuls (logits and sampling stay fp32).
+        Either changes the rounding, so the sampled bits of a seed may differ from the defaults'.
         """
+        if modulation not in MODULATIONS or precision not in PRECISIONS:
+            raise ValueError(f"modulation {modulation!r} / precision {precision!r}: use one of {MODULATIONS} / {PRECISIONS}")
         device = self.start.device
         guided = cfg != 1.0 and bool(cond)
         if guided:
@@ -499,17 +555,19 @@ class USAM(nn.Module):
             temps = temps * len(self.schedule.scales)
         if len(temps) != len(self.schedule.scales):
             raise ValueError(f"{len(temps)} temperatures for {len(self.schedule.scales)} scales: give one, or one per scale")
-        caches = [dict() for _ in self.blocks] if use_cache else None
+        caches = [KVCache(self.bounds[-1]) for _ in self.blocks] if use_cache else None
         inputs, out = [], []
         builder = StageInputs(quantizer, self.schedule)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         for i, st in enumerate(self.schedule.stages):
             inp = builder.next(st)
             inputs.append(None if inp is None else (torch.cat([inp, inp]) if guided else inp))
-            if use_cache:
-                logits = self.stage_logits(i, inputs[-1], state, caches)
-            else:
-                x = self._embed(inputs, range(0, i + 1), rows, state)
-                logits = self._run(x, state, 0, self.bounds[i + 1])[:, self.bounds[i]:]
+            with autocast:
+                if use_cache:
+                    logits = self.stage_logits(i, inputs[-1], state, caches, modulation)
+                else:
+                    x = self._embed(inputs, range(0, i + 1), rows, state)
+                    logits = self._run(x, state, 0, self.bounds[i + 1])[:, self.bounds[i]:]
             if guided:
                 cond_l, uncond_l = logits.chunk(2)
                 logits = uncond_l + scales[i] * (cond_l - uncond_l)
