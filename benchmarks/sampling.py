@@ -63,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--streams", nargs="+", default=["default", "paper_stream"], choices=["default", "paper_stream"])
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per figure (median of ratios), after a warm-up")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--compile", action="store_true",
+                   help="also torch.compile both models' per-pass forward (USAM: a graph per stage; raster order: one "
+                        "graph, dynamic in the cache length) and time them; compile time is reported apart")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. model.width=256")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sampling.json")
     return p.parse_args(argv)
@@ -128,7 +131,20 @@ def ratio(times: dict, slow: str, fast: str) -> float:
     return statistics.median(s / f for s, f in zip(times[slow], times[fast]))
 
 
-def measure(usam, raster, quantizer, batch: int, rounds: int, recompute: bool) -> dict:
+def compiled(usam, raster):
+    """Copies of both models whose per-pass forward runs through torch.compile (inductor)."""
+    import copy
+
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    cu, cr = copy.deepcopy(usam), copy.deepcopy(raster)
+    cu._run = torch.compile(cu._run, dynamic=False)  # one graph per stage: its shapes are fixed
+    cr._blocks = torch.compile(cr._blocks, dynamic=True)  # one graph over the growing cache
+    return cu, cr
+
+
+def measure(usam, raster, quantizer, batch: int, rounds: int, recompute: bool, compiled_models=None) -> dict:
     cond = {"class": torch.arange(batch) % 10}
     fns = {f"usam_{mod}_{prec}": (lambda mod=mod, prec=prec: usam.generate(quantizer, cond, batch, modulation=mod,
                                                                             precision=prec))
@@ -137,11 +153,18 @@ def measure(usam, raster, quantizer, batch: int, rounds: int, recompute: bool) -
         fns[f"raster_{prec}"] = lambda prec=prec: raster.generate(batch, cond["class"], precision=prec)
     if recompute:
         fns["usam_recompute"] = lambda: usam.generate(quantizer, cond, batch, use_cache=False)
+    compile_s = {}
+    if compiled_models is not None:
+        cu, cr = compiled_models
+        fns["usam_per_stage_fp32_compiled"] = lambda: cu.generate(quantizer, cond, batch, modulation="per_stage")
+        fns["raster_fp32_compiled"] = lambda: cr.generate(batch, cond["class"])
+        for k in ("usam_per_stage_fp32_compiled", "raster_fp32_compiled"):  # the first call compiles
+            compile_s[k] = seconds(fns[k])
     times = side_by_side(fns, rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
-    usam_best = min(("usam_per_stage_fp32", "usam_per_stage_bf16"), key=med.get)
-    raster_best = min(("raster_fp32", "raster_bf16"), key=med.get)
-    row = {"batch": batch, "seconds": med, "usam_best": usam_best, "raster_best": raster_best,
+    usam_best = min((k for k in med if k.startswith("usam_per_stage")), key=med.get)
+    raster_best = min((k for k in med if k.startswith("raster_")), key=med.get)
+    row = {"batch": batch, "seconds": med, "compile_seconds": compile_s, "usam_best": usam_best, "raster_best": raster_best,
            "speedup_exact": ratio(times, "raster_fp32", "usam_per_token_fp32"),
            "speedup_best": ratio(times, raster_best, usam_best)}
     if recompute:
@@ -174,11 +197,12 @@ def main(argv=None) -> int:
         log(f"\n{name}: {tokens} tokens of {usam.bits} bits in {stages} stages (ideal ratio {ideal:.1f}x); width "
             f"{usam.width}, depth {len(usam.blocks)}; USAM {flops / 1e6:.0f} MFLOP per sample")
         rows = []
+        both = compiled(usam, raster) if args.compile else None
         for b in args.batch:
             row = measure(usam, raster, quantizer, b, args.rounds if name == "default" else max(2, args.rounds // 2),
-                          recompute=name == "default")
+                          recompute=name == "default", compiled_models=both)
             s = row["seconds"]
-            row["usam_mfu"] = {k: b * flops / s[k] / (peaks["bf16" if k.endswith("bf16") else "fp32"] * 1e9)
+            row["usam_mfu"] = {k: b * flops / s[k] / (peaks["bf16" if "bf16" in k else "fp32"] * 1e9)
                                for k in s if k.startswith("usam_") and k != "usam_recompute"}
             rows.append(row)
             goal = GOALS.get(b) if name == "default" else None
@@ -195,8 +219,11 @@ def main(argv=None) -> int:
             if goal:
                 add(f"goal: next-scale over raster at its fastest, {label}", row["speedup_best"], "x", goal, "goal")
             best = row["usam_best"]
+            precision = "bf16" if "bf16" in best else "fp32"
             add(f"USAM sampling MFU ({best[5:]}), {label}", row["usam_mfu"][best], "", 1.0,
-                f"{best[-4:]} matmul peak {peaks[best[-4:]]:.0f} GFLOP/s")
+                f"{precision} matmul peak {peaks[precision]:.0f} GFLOP/s")
+            for k, v in row["compile_seconds"].items():  # the first call at a new shape: compile plus one run
+                add(f"torch.compile, first call, {k.split('_')[0]}, {label}", v, "s", None, "paid once per shape")
         results["streams"][name] = {"tokens": tokens, "stages": stages, "ideal_ratio": ideal, "flops_per_sample": flops,
                                     "parameters": {"usam": sum(p.numel() for p in usam.parameters()),
                                                    "raster_ar": sum(p.numel() for p in raster.parameters())},
