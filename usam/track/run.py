@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,34 +72,93 @@ def ensure_experiment(client, name: str, location: str) -> str:
         return experiment.experiment_id
 
 
+BATCH = 1000  # MLflow's limit of metrics in one log_batch
+RETRIES = 3  # a busy store (sqlite locked by another writer) is tried again before the batch counts as failed
+
+
 @dataclass
 class TrackedRun:
-    """A handle on one open MLflow run (a no-op when tracking is disabled)."""
+    """A handle on one open MLflow run (a no-op when tracking is disabled).
+
+    Metrics are sent asynchronously: :meth:`log_metrics` only queues them (a training step never waits on the
+    store) and one background thread per run sends them in batches, in the order they were logged.
+    :meth:`flush` waits until every queued metric is stored (and raises what the store raised); the run context
+    flushes before it marks the run FINISHED, FAILED or KILLED."""
 
     client: Any
     run_id: str | None
-    _pending: list = field(default_factory=list)
+    _queue: list = field(default_factory=list)  # Metric entities not yet handed to the sender, in logging order
+    _busy: bool = False  # the sender holds a batch it has not stored yet
+    _error: BaseException | None = None  # what the store raised; reported by the next flush
+    _thread: threading.Thread | None = None
+    _lock: threading.Condition = field(default_factory=threading.Condition)
+    _logged_upto: dict = field(default_factory=dict)  # key -> last step already in the store (a resumed run)
 
     @property
     def enabled(self) -> bool:
         return self.run_id is not None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Buffer metrics; they are sent in one batch on :meth:`flush` or at the end of the run."""
+        """Queue metrics for the background sender; returns at once. A metric whose step the store already holds
+        for its key (a resumed run re-running the steps after its last checkpoint) is not logged twice."""
         if not self.enabled:
             return
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
-        if len(self._pending) >= 500:
-            self.flush()
+        now, step = int(time.time() * 1000), step or 0
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if step > self._logged_upto.get(k, -1)]
+        if not items:
+            return
+        with self._lock:
+            self._queue.extend(items)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._send, name=f"mlflow-metrics-{self.run_id[:8]}",
+                                                daemon=True)
+                self._thread.start()
+            self._lock.notify_all()
+
+    def skip_logged(self) -> None:
+        """Remember, per metric, the last step the store holds, so a resumed run does not log those steps again."""
+        if self.enabled:
+            self._logged_upto = {m.key: m.step for m in self.client.get_run(self.run_id).data._metric_objs}
 
     def flush(self) -> None:
-        if self.enabled and self._pending:
-            for start in range(0, len(self._pending), 1000):  # MLflow's batch limit
-                self.client.log_batch(self.run_id, metrics=self._pending[start : start + 1000])
-            self._pending.clear()
+        """Wait until every queued metric is in the store; raise what the store raised while sending."""
+        if not self.enabled:
+            return
+        with self._lock:
+            while (self._queue or self._busy) and self._error is None:
+                self._lock.wait()
+            error, self._error = self._error, None
+        if error is not None:
+            raise UsamError(f"metrics of run {self.run_id} could not be stored: {error}",
+                            where=provenance.redact(str(self.client.tracking_uri)),
+                            fix="check the tracking store (disk space, a server that went down) and resume the run")
+
+    def _send(self) -> None:
+        """The sender: batches of queued metrics to the store, oldest first, until the process ends."""
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._lock.wait()
+                batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+                self._busy = True
+            try:
+                for attempt in range(RETRIES):
+                    try:
+                        self.client.log_batch(self.run_id, metrics=batch)
+                        break
+                    except Exception:
+                        if attempt == RETRIES - 1:
+                            raise
+                        time.sleep(0.2 * (attempt + 1))
+            except Exception as exc:  # the rest cannot follow in order: dropped, and the next flush raises
+                with self._lock:
+                    self._error, self._queue = exc, []
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._lock.notify_all()
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -250,12 +311,15 @@ def tracked_run(
 
 @contextlib.contextmanager
 def _terminate_on_exit(client, handle: TrackedRun) -> Iterator[None]:
-    """FINISHED on success, KILLED on Ctrl-C or a stop (a scheduler ending a trial), FAILED otherwise; buffered
-    metrics are sent first."""
+    """FINISHED on success, KILLED on Ctrl-C or a stop (a scheduler ending a trial), FAILED otherwise; every
+    queued metric is stored first."""
     try:
         yield
     except BaseException as exc:
-        handle.flush()
+        try:
+            handle.flush()
+        except UsamError as error:  # the run's own error is the one to raise; this one is said
+            print(f"warning: {error}", file=sys.stderr, flush=True)
         stopped = isinstance(exc, SystemExit) and exc.code in (0, None)  # Ray/Tune stopping us (ASHA, Ctrl-C)
         killed = stopped or isinstance(exc, (KeyboardInterrupt, Interrupted))
         client.set_terminated(handle.run_id, status="KILLED" if killed else "FAILED")

@@ -81,8 +81,11 @@ class Validation(HookBase):
 
 
 class MLflowLogging(HookBase):
-    """Rank 0's record of the run in MLflow: the parameter count, per-step training metrics (batched every
-    ``log_every`` steps, with a compact progress line), per-epoch validation metrics and the task's visuals."""
+    """Rank 0's record of the run in MLflow: the parameter count, per-step training metrics (every ``log_every``
+    steps, with a compact progress line), per-epoch validation metrics and the task's visuals. Metrics are
+    queued and sent by the run's background sender (``TrackedRun``), so no step waits on the store; a
+    checkpoint waits for them (the record is complete up to every checkpoint), and so does the end of training,
+    whether it ends well or with an error (``train_worker``)."""
 
     def __init__(self, tracking_uri: str, run_id: str, log_every: int, visuals_dataset, *, fresh: bool):
         from mlflow.tracking import MlflowClient
@@ -97,6 +100,8 @@ class MLflowLogging(HookBase):
     def before_train(self) -> None:
         if self.fresh:  # a resumed run has its tag already
             self.run.set_tags({"model.parameters": parameter_count(self.trainer.bare)})
+        else:  # the steps after its last checkpoint run again: what the store has of them is not logged twice
+            self.run.skip_logged()
 
     def after_step(self) -> None:
         t = self.trainer

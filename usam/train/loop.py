@@ -10,6 +10,7 @@ scheduler, scaler, EMA, progress and every rank's RNG states, for a bit-exact re
 
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,4 +224,14 @@ def train_worker(spec: WorkerSpec, session: Session | None = None) -> None:
                       cfg.seed, [h for h in hooks if h is not None])
     if shared is not None:  # FlopCounterMode's dispatch changes a step's float rounding: count only on a fresh run
         trainer.flops_per_micro = int(shared.get("flops_per_micro", 0))
-    trainer.train()
+    try:
+        trainer.train()
+    except BaseException:
+        if logging is not None:  # what was logged before the error reaches the store; the error is what is raised
+            try:
+                logging.flush()
+            except Exception as exc:
+                print(f"warning: {exc}", file=sys.stderr, flush=True)
+        raise
+    if logging is not None:  # every metric is stored before the worker returns (and the run is marked finished)
+        logging.flush()

@@ -132,9 +132,9 @@ def fit(
     on the resources Tune gave the trial: no worker group to start. A larger one runs on Ray Train
     as usual, reporting through ``TuneReportCallback``. ``inputs``: the artifacts the task trains on, when not
     the ones the project's layout keeps (a trial's own tokenizer). ``hooks``: more training hooks (picklable), run
-after each epoch's validation (a generator stage's quality check)."""
-    import ray
+after each epoch's validation (a generator stage's quality check).
 
+    A one-worker run with no cluster to join (every pipeline stage) neither starts nor imports Ray."""
     if task_name not in TASKS:
         raise UsamError(f"unknown task {task_name!r}", where="usam train TASK", fix=f"use one of {', '.join(TASKS)}")
     root = (root or find_project_root()).resolve()
@@ -145,14 +145,18 @@ after each epoch's validation (a generator stage's quality check)."""
     tcfg = task.train_cfg
     _check_inputs(task, cfg)
     launcher: Launcher
+    stops: tuple = (SystemExit, KeyboardInterrupt)  # how an interrupted (or, in a trial, stopped) run ends
     if in_trial is not None and tcfg.runtime.workers == 1:
         launcher = InProcess(tcfg, report=in_trial == "report", trial=True)
     elif in_process(cfg, tcfg):
         launcher = InProcess(tcfg, report=False, trial=False)
     else:
+        import ray
+
         ensure_ray(cfg)
         check_resources(tcfg, ray.cluster_resources())
         launcher = RayTrainGroup(tcfg, callbacks or [], report=in_trial == "report")
+        stops = (*stops, ray.exceptions.RayActorError)
 
     storage = storage_path(cfg, root)
     if resumed is not None:
@@ -189,7 +193,7 @@ after each epoch's validation (a generator stage's quality check)."""
         start = time.perf_counter()
         try:
             metrics, checkpoint = launcher.run(spec, ray_name, storage)
-        except (SystemExit, KeyboardInterrupt, ray.exceptions.RayActorError):
+        except stops:
             if in_trial is not None:  # Tune stops a trial (ASHA) by exiting it from inside its report: let Tune see that
                 raise
             # Ray answers Ctrl-C by aborting its train controller, then calls sys.exit(0) (a success code!)
