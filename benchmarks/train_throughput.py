@@ -380,6 +380,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from usam.artifacts.layout import Layout
     from usam.config import compose
     from usam.data import build_dataset, preprocess_dataset
     from usam.track import client_for
@@ -438,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         build_dataset(cfg, args.dataset, raw)
         preprocess_dataset(cfg, raw, prepared)
         log(f"dataset {args.dataset}: {videos} train videos in {root} ({time.perf_counter() - t:.1f}s)")
-        task = make_task(args.task, cfg, root / "data")
+        task = make_task(args.task, cfg, Layout.of(cfg, root))
         task.check_data()
         sample_batch = next(iter(torch.utils.data.DataLoader(task.dataset("train", train=True), batch_size=args.batch_size,
                                                              generator=dataloader_generator(cfg.seed, "probe"))))
