@@ -323,7 +323,8 @@ def ray_run(cfg_overrides: list[str], task_name: str, root: Path, *, workers: in
 
     total = warmup + steps
     cfg = compose([*cfg_overrides, f"evaluator.train.runtime.workers={workers}", f"evaluator.train.runtime.threads_per_worker={threads}",
-                   f"evaluator.train.runtime.cpus_per_worker={threads}"])
+                   f"evaluator.train.runtime.cpus_per_worker={threads}",
+                   "evaluator.train.runtime.launcher=ray"])  # auto would train one worker in this process, without Ray
     t, t_wall = time.perf_counter(), time.time()
     result = fit(cfg, task_name, root=root, run_name=f"bench/{task_name}/{workers}x{threads}")
     wall = time.perf_counter() - t

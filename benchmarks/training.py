@@ -6,8 +6,9 @@ tokenizer's perceptual loss) and a random-weight default tokenizer (USAM's froze
 depend on the weights. Then, side by side in one run, at the recipe's thread count:
 
   1. the fp32 and bf16 matmul peaks (GFLOP/s of an N x N x N torch.matmul, median of repeats);
-  2. FLOPs per training sample, two ways: FlopCounterMode on one forward + backward of the task's loss, and
-     the analytical count of usam.models.flops (USAM: 6 x linear weights x tokens + 12 x depth x tokens^2 x
+  2. FLOPs per training sample, two ways: FlopCounterMode on one forward + backward of the task's loss (with
+     usam.models.flops.flop_counter's formula for the CPU attention kernel, which stock FlopCounterMode counts
+     as 0; the stock count is kept too), and the analytical count of usam.models.flops (USAM: 6 x linear weights x tokens + 12 x depth x tokens^2 x
      width; the tokenizer: every conv layer's multiply-adds x 2 x 3, fewer passes where a gradient is not
      needed, perceptual network included); their ratio;
   3. steady-state samples/s of the real training step (usam.train.loop.Trainer: the task's loss, AdamW over
@@ -63,7 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width-factor", type=int, default=2, help="the wide size: model.width / tokenizer base channels x this")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     p.add_argument("--steps", type=int, default=12, help="timed optimizer steps per run, after warm-up")
-    p.add_argument("--warmup", type=int, default=3, help="optimizer steps left out of every rate (>= 1)")
+    p.add_argument("--warmup", type=int, default=2, help="optimizer steps left out of every rate (>= 1)")
+    p.add_argument("--run-seconds", type=float, default=20.0,
+                   help="a run stops timing after this many seconds of timed steps (at least 2 steps), so the slow "
+                        "tokenizer runs fit the budget")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of every run and peak (default: the recipe's train.runtime.threads_per_worker)")
     p.add_argument("--no-switches", action="store_true", help="skip 4 (optimizer_impl / channels_last side by side)")
@@ -122,8 +126,8 @@ def build_project(root: Path, overrides: list[str]) -> None:
 class StepClock:
     """Wall time of every optimizer step (data loading included) and of the data wait before it, and the loss."""
 
-    def __init__(self, trainer):
-        from usam.train.hooks import HookBase
+    def __init__(self, trainer, warmup: int, budget_s: float):
+        from usam.train.hooks import HookBase, StopTraining
 
         self.marks: list[tuple[float, float, float]] = []  # (step start: batch in hand, step end, loss)
         self.t_end = time.perf_counter()
@@ -142,6 +146,9 @@ class StepClock:
                 now = time.perf_counter()
                 clock.marks.append((clock.t_start - clock.t_end, now - clock.t_end, float(self.trainer.parts["loss"])))
                 clock.t_end = now
+                timed = clock.marks[warmup:]
+                if len(timed) >= 2 and sum(m[1] for m in timed) > budget_s:
+                    raise StopTraining
 
         trainer.hooks.append(_Hook())
         trainer.hooks[-1].trainer = trainer
@@ -179,10 +186,10 @@ def make_trainer(cfg, task_name: str, root: Path, steps: int, threads: int):
     return task, trainer
 
 
-def time_recipe(cfg, task_name: str, root: Path, warmup: int, steps: int, threads: int) -> dict:
+def time_recipe(cfg, task_name: str, root: Path, warmup: int, steps: int, threads: int, budget_s: float) -> dict:
     """Steady samples/s of the recipe's training steps after ``warmup`` ones, the data wait's share, the losses."""
     _, trainer = make_trainer(cfg, task_name, root, warmup + steps, threads)
-    clock = StepClock(trainer)
+    clock = StepClock(trainer, warmup, budget_s)
     wall0 = time.time()
     trainer.train()
     kept = clock.marks[warmup:]
@@ -192,7 +199,7 @@ def time_recipe(cfg, task_name: str, root: Path, warmup: int, steps: int, thread
     return {"samples_per_s": batch * len(kept) / seconds, "steps": len(kept), "seconds": seconds,
             "step_cv": statistics.pstdev(rates) / statistics.fmean(rates) if len(rates) > 1 else 0.0,
             "data_share": sum(m[0] for m in kept) / seconds, "losses": [m[2] for m in clock.marks],
-            "loss_tail": statistics.fmean(m[2] for m in clock.marks[-LOSS_TAIL:]), "batch": batch,
+            "batch": batch,
             "threads": threads, "window": (wall0 + sum(m[1] for m in clock.marks[:warmup]), time.time())}
 
 
@@ -206,16 +213,19 @@ def count_flops(cfg, task_name: str, root: Path, threads: int) -> dict:
     model = trainer.model
     batch = next(iter(trainer._loader()))
     device = torch.device("cpu")
-    with FlopCounterMode(display=False) as counter:
-        loss, _ = task.loss(model, batch, device)
-        loss.backward()
-    model.zero_grad(set_to_none=True)
     size = trainer.cfg.batch_size
-    measured = counter.get_total_flops() / size
+    counts = {}
+    for name, counter in (("stock", FlopCounterMode(display=False)), ("completed", flops.flop_counter())):
+        with counter:
+            loss, _ = task.loss(model, batch, device)
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        counts[name] = counter.get_total_flops() / size
+    measured = counts["completed"]
     if task_name == "usam":
         formula = flops.usam_train_flops(model)
         analytic = formula["total"]
-        how = "6 x linear weights x tokens + 12 x depth x tokens^2 x width"
+        how = "6 x linear weights x tokens + 14 (12 on the math path: attention dropout) x depth x tokens^2 x width"
         detail = {k: formula[k] for k in ("linear_weights", "tokens", "dense", "attention")}
     else:
         modules = [model] + ([task.perceptual(device)] if task.perceptual(device) is not None else [])
@@ -225,7 +235,7 @@ def count_flops(cfg, task_name: str, root: Path, threads: int) -> dict:
                "frozen perceptual net on the reconstruction; x 2 forward-only: it on the target)")
         detail = {k: v / size for k, v in formula["macs"].items()}
     params = sum(p.numel() for p in model.parameters())
-    return {"flopcounter": measured, "analytic": analytic, "analytic_over_flopcounter": analytic / measured,
+    return {"flopcounter": measured, "flopcounter_stock": counts["stock"], "analytic": analytic, "analytic_over_flopcounter": analytic / measured,
             "analytic_formula": how, "analytic_detail": detail, "parameters": params}
 
 
@@ -361,12 +371,13 @@ def main(argv: list[str] | None = None) -> int:
             for size in args.sizes:
                 key = f"{model}_{size}"
                 flop_counts[key] = f = count_flops(config(model, size), model, root, threads)
-                log(f"{key}: {f['parameters']:,} parameters; FLOPs/sample FlopCounterMode {f['flopcounter'] / 1e9:.3f} G, "
+                log(f"{key}: {f['parameters']:,} parameters; FLOPs/sample FlopCounterMode {f['flopcounter'] / 1e9:.3f} G "
+                    f"(stock, without CPU attention: {f['flopcounter_stock'] / 1e9:.3f} G), "
                     f"analytic {f['analytic'] / 1e9:.3f} G (ratio {f['analytic_over_flopcounter']:.3f})")
                 for precision in args.precisions:
                     name = f"{key}_{precision}"
                     r = time_recipe(config(model, size, f"{sec}.precision={precision}"), model, root, args.warmup,
-                                    args.steps, threads)
+                                    args.steps, threads, args.run_seconds)
                     achieved = f["flopcounter"] * r["samples_per_s"] / 1e9
                     r["achieved_gflops"] = achieved
                     r["mfu"] = achieved / peaks[precision]["median"]
@@ -374,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs[name] = r
                     log(f"{name}: {r['samples_per_s']:.1f} samples/s over {r['steps']} steps (cv {r['step_cv']:.2f}, "
                         f"data wait {100 * r['data_share']:.0f}%), {achieved:.1f} GFLOP/s, MFU {100 * r['mfu']:.1f}% of "
-                        f"the {precision} peak; loss after {len(r['losses'])} steps {r['loss_tail']:.4f}")
+                        f"the {precision} peak; loss at step {len(r['losses'])} {r['losses'][-1]:.4f}")
             if not args.no_switches and "default" in args.sizes:
                 switches = ["optimizer_impl=foreach", "optimizer_impl=fused"]
                 if model == "tokenizer":
@@ -382,10 +393,10 @@ def main(argv: list[str] | None = None) -> int:
                 for switch in switches:
                     name = f"{model}_default_{recipe}_{switch.replace('=', '_')}"
                     r = time_recipe(config(model, "default", f"{sec}.precision={recipe}", f"{sec}.runtime.{switch}"),
-                                    model, root, args.warmup, args.steps, threads)
+                                    model, root, args.warmup, args.steps, threads, args.run_seconds)
                     r["switch"] = f"{sec}.runtime.{switch}"
                     runs[name] = r
-                    log(f"{name}: {r['samples_per_s']:.1f} samples/s (cv {r['step_cv']:.2f}); loss {r['loss_tail']:.4f}")
+                    log(f"{name}: {r['samples_per_s']:.1f} samples/s (cv {r['step_cv']:.2f}); loss at step {len(r['losses'])} {r['losses'][-1]:.4f}")
             if args.profile:
                 out = args.out.with_name(f"{args.out.stem}_profile_{model}.txt")
                 profiles[model] = profile_recipe(config(model, "default"), model, root, args.profile_steps, threads, out)
@@ -412,12 +423,17 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             key = f"{model}_{size}"
             f = flop_counts[key]
+            report.append(row(f"{label} {size} training FLOPs/sample (FlopCounterMode, CPU attention counted)",
+                              f["flopcounter"], "FLOP", None, "", command))
             report.append(row(f"{label} {size} FLOPs/sample analytic / FlopCounterMode", f["analytic_over_flopcounter"],
                               "", 1.0, "equal counts", command))
+            report.append(row(f"{label} {size} FLOPs/sample stock FlopCounterMode / completed", f["flopcounter_stock"]
+                              / f["flopcounter"], "", 1.0, "nothing missed", command))
             for precision in args.precisions:
                 r = runs[f"{key}_{precision}"]
                 peak = peaks[precision]["median"]
-                limit_is = f"{precision} matmul peak {peak:.0f} GFLOP/s at {threads} threads (FlopCounterMode FLOPs)"
+                limit_is = (f"{precision} matmul peak {peak:.0f} GFLOP/s at {threads} threads (FLOPs: FlopCounterMode "
+                            "+ CPU attention)")
                 report.append(row(f"{label} {size} {precision} training samples/s", r["samples_per_s"], "samples/s",
                                   peak * 1e9 / f["flopcounter"], "peak-implied samples/s: " + limit_is, command))
                 report.append(row(f"{label} {size} {precision} training MFU", r["mfu"], "", 1.0, limit_is, command))
@@ -425,24 +441,31 @@ def main(argv: list[str] | None = None) -> int:
                 fp, bf = runs[f"{key}_fp32"], runs[f"{key}_bf16"]
                 report.append(row(f"{label} {size} bf16 / fp32 training speed", bf["samples_per_s"] / fp["samples_per_s"],
                                   "x", 1.0, "fp32 (no speed-up)", command))
-                report.append(row(f"{label} {size} bf16 loss / fp32 loss after {len(fp['losses'])} steps",
-                                  bf["loss_tail"] / fp["loss_tail"], "", 1.0, f"fp32 loss {fp['loss_tail']:.4f} "
-                                  f"(mean of the last {LOSS_TAIL} steps)", command))
+                n = min(len(fp["losses"]), len(bf["losses"]))
+                report.append(row(f"{label} {size} bf16 loss / fp32 loss at step {n}", loss_at(bf, n) / loss_at(fp, n),
+                                  "", 1.0, f"fp32 loss {loss_at(fp, n):.4f} (mean of steps {max(n - LOSS_TAIL, 0) + 1}-{n}, "
+                                  "same seed and batches)", command))
         base_run = runs.get(f"{model}_default_{recipe}")
         for name, r in runs.items():
             if "switch" in r and name.startswith(f"{model}_") and base_run:
+                n = min(len(r["losses"]), len(base_run["losses"]))
                 report.append(row(f"{label} default {recipe} speed with {r['switch']}",
                                   r["samples_per_s"] / base_run["samples_per_s"], "x", 1.0,
                                   f"the recipe ({base_run['samples_per_s']:.1f} samples/s)", command))
-                report.append(row(f"{label} default {recipe} loss with {r['switch']} / recipe's", r["loss_tail"] /
-                                  base_run["loss_tail"], "", 1.0, f"the recipe's loss {base_run['loss_tail']:.4f}", command))
+                report.append(row(f"{label} default {recipe} loss with {r['switch']} / recipe's, step {n}",
+                                  loss_at(r, n) / loss_at(base_run, n), "", 1.0,
+                                  f"the recipe's loss {loss_at(base_run, n):.4f}", command))
 
     results.update(matmul_peak_gflops=peaks, flops_per_sample=flop_counts, runs=runs, profiles=profiles,
-                   report=report, mfu_flops="flopcounter", total_seconds=time.perf_counter() - started)
+                   report=report,
+                   mfu_flops="flopcounter: FlopCounterMode + the CPU attention kernel's formula (usam.models.flops.flop_counter)",
+                   total_seconds=time.perf_counter() - started)
     results["method"] = (
         "Rates: samples / seconds over the optimizer steps after --warmup, of usam.train.loop.Trainer in this "
         "process (data loading on the clock; no validation, logging or checkpoints). MFU uses the FlopCounterMode "
-        "count (forward + backward of the task's loss on one batch, matmuls, convolutions and attention; the "
+        "count completed with the CPU attention kernel's formula (usam.models.flops.flop_counter; stock "
+        "FlopCounterMode counts it as 0: flopcounter_stock) (forward + backward of the task's loss on one batch, "
+        "matmuls, convolutions and attention; the "
         "frozen perceptual network's passes included) x samples/s / the median matmul peak of the run's dtype at "
         "the same thread count; the analytical count checks it (analytic_over_flopcounter). Random weights.")
     print()
@@ -467,6 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def loss_at(run: dict, n: int) -> float:
+    """Mean training loss of steps n - LOSS_TAIL + 1 .. n of a run."""
+    return statistics.fmean(run["losses"][max(n - LOSS_TAIL, 0):n])
 
 
 def getattr_path(obj, dotted: str):
