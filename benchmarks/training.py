@@ -5,7 +5,9 @@ Builds moving digits (the default dataset) in a throwaway project with a random-
 tokenizer's perceptual loss) and a random-weight default tokenizer (USAM's frozen encoder): speed does not
 depend on the weights. Then, side by side in one run, at the recipe's thread count:
 
-  1. the fp32 and bf16 matmul peaks (GFLOP/s of an N x N x N torch.matmul, median of repeats);
+  1. the fp32 and bf16 matmul peaks (GFLOP/s of an N x N x N torch.matmul), measured at the start and after
+     each model; MFU divides by the best rate seen (a peak measured while another process held a core would
+     inflate every MFU);
   2. FLOPs per training sample, two ways: FlopCounterMode on one forward + backward of the task's loss (with
      usam.models.flops.flop_counter's formula for the CPU attention kernel, which stock FlopCounterMode counts
      as 0; the stock count is kept too), and the analytical count of usam.models.flops (USAM: 6 x linear weights x tokens + 12 x depth x tokens^2 x
@@ -17,8 +19,9 @@ depend on the weights. Then, side by side in one run, at the recipe's thread cou
      precision (fp32, bf16 autocast); MFU = FlopCounterMode FLOPs/sample x samples/s / the matmul peak of
      the run's dtype (and, in the JSON, against the other peak too);
   4. the switches that change numerics, at the default size in the recipe's own precision, against the
-     recipe: train.runtime.optimizer_impl=foreach / fused, and for the tokenizer runtime.channels_last; the
-     loss of bf16 after the timed steps against fp32's (same seed, same batches);
+     recipe timed again just before them: train.runtime.optimizer_impl=foreach / fused, and for the tokenizer
+     runtime.channels_last; the loop as it ran before deterministic mode stopped NaN-filling new tensors (same
+     weights); the loss of bf16 against fp32's at the same step (same seed, same batches);
   5. with --profile, a torch.profiler table of the default recipe's step per model (CPU time by op, and the
      share of the step spent waiting for data), written next to the JSON.
 
@@ -47,7 +50,6 @@ for path in (REPO, REPO / "benchmarks"):  # run as a plain script from anywhere;
         sys.path.insert(0, str(path))
 
 import torch  # noqa: E402
-
 from train_throughput import CpuSampler, describe_usage, matmul_peak  # noqa: E402
 
 SECTION = {"usam": "train", "tokenizer": "tokenizer.train"}
@@ -65,12 +67,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     p.add_argument("--steps", type=int, default=12, help="timed optimizer steps per run, after warm-up")
     p.add_argument("--warmup", type=int, default=2, help="optimizer steps left out of every rate (>= 1)")
-    p.add_argument("--run-seconds", type=float, default=20.0,
+    p.add_argument("--run-seconds", type=float, default=12.0,
                    help="a run stops timing after this many seconds of timed steps (at least 2 steps), so the slow "
                         "tokenizer runs fit the budget")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of every run and peak (default: the recipe's train.runtime.threads_per_worker)")
     p.add_argument("--no-switches", action="store_true", help="skip 4 (optimizer_impl / channels_last side by side)")
+    p.add_argument("--switch-repeats", type=int, default=2,
+                   help="rounds of 4: each a (recipe, switch) pair per switch; the figure is the median pair ratio")
     p.add_argument("--profile", action="store_true", help="also profile the default recipe's step (5)")
     p.add_argument("--profile-steps", type=int, default=4, help="steps under the profiler, after 2 unprofiled ones")
     p.add_argument("--matmul-size", type=int, default=1024, help="N of the N x N x N matmul of the peak")
@@ -79,8 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-temp", action="store_true", help="keep the throwaway project folder")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "training.json")
     args = p.parse_args(argv)
-    if min(args.steps, args.warmup, args.width_factor) < 1:
-        p.error("--steps, --warmup and --width-factor must be >= 1")
+    if min(args.steps, args.warmup, args.width_factor, args.switch_repeats) < 1:
+        p.error("--steps, --warmup, --width-factor and --switch-repeats must be >= 1")
     return args
 
 
@@ -186,12 +190,19 @@ def make_trainer(cfg, task_name: str, root: Path, steps: int, threads: int):
     return task, trainer
 
 
-def time_recipe(cfg, task_name: str, root: Path, warmup: int, steps: int, threads: int, budget_s: float) -> dict:
-    """Steady samples/s of the recipe's training steps after ``warmup`` ones, the data wait's share, the losses."""
+def time_recipe(cfg, task_name: str, root: Path, warmup: int, steps: int, threads: int, budget_s: float,
+                nan_fill: bool = False) -> dict:
+    """Steady samples/s of the recipe's training steps after ``warmup`` ones, the data wait's share, the losses.
+    ``nan_fill``: with torch's NaN fill of new tensors in deterministic mode, as the loop ran before it was
+    turned off (same weights, slower)."""
     _, trainer = make_trainer(cfg, task_name, root, warmup + steps, threads)
     clock = StepClock(trainer, warmup, budget_s)
     wall0 = time.time()
-    trainer.train()
+    torch.utils.deterministic.fill_uninitialized_memory = nan_fill and trainer.cfg.runtime.deterministic
+    try:
+        trainer.train()
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = False
     kept = clock.marks[warmup:]
     seconds = sum(m[1] for m in kept)
     batch = trainer.cfg.batch_size * trainer.cfg.grad_accum
@@ -353,12 +364,16 @@ def main(argv: list[str] | None = None) -> int:
         log(f"project in {root}: {videos} train videos, random frame evaluator and tokenizer "
             f"({time.perf_counter() - t:.1f}s)")
 
-        peaks = {}
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            median, best = matmul_peak(args.matmul_size, dtype, threads, args.matmul_repeats)
-            peaks[name] = {"median": median, "best": best}
-            log(f"matmul {args.matmul_size}^3 {name} x{threads}: median {median:.1f} GFLOP/s (best {best:.1f})")
-        results["matmul_peak_gflops"] = peaks
+        rounds: dict[str, list[dict]] = {"fp32": [], "bf16": []}
+
+        def measure_peaks(when: str) -> None:
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+                median, best = matmul_peak(args.matmul_size, dtype, threads, args.matmul_repeats)
+                rounds[name].append({"when": when, "median": median, "best": best})
+                log(f"matmul {args.matmul_size}^3 {name} x{threads} ({when}): median {median:.1f} GFLOP/s "
+                    f"(best {best:.1f})")
+
+        measure_peaks("start")
 
         def config(model: str, size: str, *extra: str):
             width = [] if size == "default" else [
@@ -380,23 +395,35 @@ def main(argv: list[str] | None = None) -> int:
                                     args.steps, threads, args.run_seconds)
                     achieved = f["flopcounter"] * r["samples_per_s"] / 1e9
                     r["achieved_gflops"] = achieved
-                    r["mfu"] = achieved / peaks[precision]["median"]
-                    r["mfu_vs"] = {p: achieved / peaks[p]["median"] for p in peaks}
+                    r["precision"] = precision
                     runs[name] = r
                     log(f"{name}: {r['samples_per_s']:.1f} samples/s over {r['steps']} steps (cv {r['step_cv']:.2f}, "
-                        f"data wait {100 * r['data_share']:.0f}%), {achieved:.1f} GFLOP/s, MFU {100 * r['mfu']:.1f}% of "
-                        f"the {precision} peak; loss at step {len(r['losses'])} {r['losses'][-1]:.4f}")
+                        f"data wait {100 * r['data_share']:.0f}%), {achieved:.1f} GFLOP/s; loss at step {len(r['losses'])} {r['losses'][-1]:.4f}")
             if not args.no_switches and "default" in args.sizes:
-                switches = ["optimizer_impl=foreach", "optimizer_impl=fused"]
+                # each switch right after the recipe timed again, in --switch-repeats rounds: neighbours in time
+                # share the machine's load, and the median of the pairs' ratios is the figure
+                recipe_cfg = [f"{sec}.precision={recipe}"]
+                variants = [("nan_fill", [], True)]
+                variants += [(sw.replace("=", "_"), [f"{sec}.runtime.{sw}"], False)
+                             for sw in ("optimizer_impl=foreach", "optimizer_impl=fused")]
                 if model == "tokenizer":
-                    switches.append("channels_last=true")
-                for switch in switches:
-                    name = f"{model}_default_{recipe}_{switch.replace('=', '_')}"
-                    r = time_recipe(config(model, "default", f"{sec}.precision={recipe}", f"{sec}.runtime.{switch}"),
-                                    model, root, args.warmup, args.steps, threads, args.run_seconds)
-                    r["switch"] = f"{sec}.runtime.{switch}"
-                    runs[name] = r
-                    log(f"{name}: {r['samples_per_s']:.1f} samples/s (cv {r['step_cv']:.2f}); loss at step {len(r['losses'])} {r['losses'][-1]:.4f}")
+                    variants.append(("channels_last_true", [f"{sec}.runtime.channels_last=true"], False))
+                for round_ in range(1, args.switch_repeats + 1):
+                    for tag, extra, nan_fill in variants:
+                        pair = []
+                        for side, cfg_extra, fill in (("recipe", [], False), (tag, extra, nan_fill)):
+                            name = f"{model}_default_{recipe}_{tag}#{round_}" + ("_recipe" if side == "recipe" else "")
+                            r = time_recipe(config(model, "default", *recipe_cfg, *cfg_extra), model, root,
+                                            args.warmup, args.steps, threads, args.run_seconds, nan_fill=fill)
+                            r.update(pair_of=f"{model}:{tag}", side=side, round=round_,
+                                     switch=extra[0] if extra else "NaN fill of new tensors (the loop before)")
+                            runs[name] = r
+                            pair.append(r)
+                        log(f"{model} {tag} #{round_}: {pair[1]['samples_per_s']:.1f} vs the recipe's "
+                            f"{pair[0]['samples_per_s']:.1f} samples/s ({pair[1]['samples_per_s'] / pair[0]['samples_per_s']:.3f}x); "
+                            f"loss at step {len(pair[1]['losses'])} {pair[1]['losses'][-1]:.4f} vs "
+                            f"{pair[0]['losses'][-1]:.4f}")
+            measure_peaks(f"after {model}")
             if args.profile:
                 out = args.out.with_name(f"{args.out.stem}_profile_{model}.txt")
                 profiles[model] = profile_recipe(config(model, "default"), model, root, args.profile_steps, threads, out)
@@ -415,6 +442,14 @@ def main(argv: list[str] | None = None) -> int:
         r["cpu"] = sampler.usage(*r.pop("window")) if sampler else None
         r.pop("window", None)
 
+    # ---- MFU against the best matmul rate seen in the run: a peak measured while others held a core (a median
+    # dragged down) would inflate every MFU; the best of all rounds is the least contended
+    peaks = {name: {"best": max(r["best"] for r in rs), "rounds": rs} for name, rs in rounds.items()}
+    for r in runs.values():
+        if "achieved_gflops" in r:
+            r["mfu_vs"] = {p: r["achieved_gflops"] / peaks[p]["best"] for p in peaks}
+            r["mfu"] = r["mfu_vs"][r["precision"]]
+
     # ---- the report rows
     report = []
     for model in args.models:
@@ -431,9 +466,9 @@ def main(argv: list[str] | None = None) -> int:
                               / f["flopcounter"], "", 1.0, "nothing missed", command))
             for precision in args.precisions:
                 r = runs[f"{key}_{precision}"]
-                peak = peaks[precision]["median"]
-                limit_is = (f"{precision} matmul peak {peak:.0f} GFLOP/s at {threads} threads (FLOPs: FlopCounterMode "
-                            "+ CPU attention)")
+                peak = peaks[precision]["best"]
+                limit_is = (f"{precision} matmul peak {peak:.0f} GFLOP/s at {threads} threads, best of the run "
+                            "(FLOPs: FlopCounterMode + CPU attention)")
                 report.append(row(f"{label} {size} {precision} training samples/s", r["samples_per_s"], "samples/s",
                                   peak * 1e9 / f["flopcounter"], "peak-implied samples/s: " + limit_is, command))
                 report.append(row(f"{label} {size} {precision} training MFU", r["mfu"], "", 1.0, limit_is, command))
@@ -445,16 +480,22 @@ def main(argv: list[str] | None = None) -> int:
                 report.append(row(f"{label} {size} bf16 loss / fp32 loss at step {n}", loss_at(bf, n) / loss_at(fp, n),
                                   "", 1.0, f"fp32 loss {loss_at(fp, n):.4f} (mean of steps {max(n - LOSS_TAIL, 0) + 1}-{n}, "
                                   "same seed and batches)", command))
-        base_run = runs.get(f"{model}_default_{recipe}")
-        for name, r in runs.items():
-            if "switch" in r and name.startswith(f"{model}_") and base_run:
-                n = min(len(r["losses"]), len(base_run["losses"]))
-                report.append(row(f"{label} default {recipe} speed with {r['switch']}",
-                                  r["samples_per_s"] / base_run["samples_per_s"], "x", 1.0,
-                                  f"the recipe ({base_run['samples_per_s']:.1f} samples/s)", command))
-                report.append(row(f"{label} default {recipe} loss with {r['switch']} / recipe's, step {n}",
-                                  loss_at(r, n) / loss_at(base_run, n), "", 1.0,
-                                  f"the recipe's loss {loss_at(base_run, n):.4f}", command))
+        pairs: dict[str, list[tuple[dict, dict]]] = {}
+        for r in runs.values():
+            if r.get("pair_of", "").startswith(f"{model}:") and r["side"] != "recipe":
+                base_run = next(b for b in runs.values() if b.get("pair_of") == r["pair_of"]
+                                and b["side"] == "recipe" and b["round"] == r["round"])
+                pairs.setdefault(r["switch"], []).append((base_run, r))
+        for switch, got in pairs.items():
+            speed = statistics.median(v["samples_per_s"] / b["samples_per_s"] for b, v in got)
+            b, v = got[0]
+            n = min(len(b["losses"]), len(v["losses"]))
+            other = max((x["cpu"] or {}).get("other_processes_cores", 0.0) for pair in got for x in pair)
+            report.append(row(f"{label} default {recipe} speed with {switch}", speed, "x", 1.0,
+                              f"the recipe timed just before (median of {len(got)} pairs; others used up to "
+                              f"{other:.2f} cores)", command))
+            report.append(row(f"{label} default {recipe} loss with {switch} / recipe's, step {n}",
+                              loss_at(v, n) / loss_at(b, n), "", 1.0, f"the recipe's loss {loss_at(b, n):.4f}", command))
 
     results.update(matmul_peak_gflops=peaks, flops_per_sample=flop_counts, runs=runs, profiles=profiles,
                    report=report,
@@ -466,11 +507,12 @@ def main(argv: list[str] | None = None) -> int:
         "count completed with the CPU attention kernel's formula (usam.models.flops.flop_counter; stock "
         "FlopCounterMode counts it as 0: flopcounter_stock) (forward + backward of the task's loss on one batch, "
         "matmuls, convolutions and attention; the "
-        "frozen perceptual network's passes included) x samples/s / the median matmul peak of the run's dtype at "
+        "frozen perceptual network's passes included) x samples/s / the best matmul rate of the run's dtype at "
         "the same thread count; the analytical count checks it (analytic_over_flopcounter). Random weights.")
     print()
-    print(f"Training throughput, {threads} thread(s), {args.warmup} warm-up + {args.steps} timed steps per run. "
-          "MFU = FlopCounterMode FLOPs/sample x samples/s / the matmul peak of the run's dtype.")
+    print(f"Training throughput, {threads} thread(s), {args.warmup} warm-up + up to {args.steps} timed steps per run. "
+          "MFU = FlopCounterMode FLOPs/sample (CPU attention counted) x samples/s / the best matmul rate of the run's "
+          "dtype.")
     if sampler is not None:
         print("\nCPU use per run (cores; 'other processes' are not this benchmark's and skew it):")
         for name, r in runs.items():

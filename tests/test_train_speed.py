@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, digits_and_tokenizer
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import TINY, digits_and_tokenizer
 from usam.artifacts.layout import Layout
 from usam.config import compose, to_dict
 from usam.errors import ConfigError
