@@ -323,7 +323,8 @@ def ray_run(cfg_overrides: list[str], task_name: str, root: Path, *, workers: in
 
     total = warmup + steps
     cfg = compose([*cfg_overrides, f"evaluator.train.runtime.workers={workers}", f"evaluator.train.runtime.threads_per_worker={threads}",
-                   f"evaluator.train.runtime.cpus_per_worker={threads}"])
+                   f"evaluator.train.runtime.cpus_per_worker={threads}",
+                   "evaluator.train.runtime.launcher=ray"])  # auto would train one worker in this process, without Ray
     t, t_wall = time.perf_counter(), time.time()
     result = fit(cfg, task_name, root=root, run_name=f"bench/{task_name}/{workers}x{threads}")
     wall = time.perf_counter() - t
@@ -380,6 +381,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from usam.artifacts.layout import Layout
     from usam.config import compose
     from usam.data import build_dataset, preprocess_dataset
     from usam.track import client_for
@@ -438,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         build_dataset(cfg, args.dataset, raw)
         preprocess_dataset(cfg, raw, prepared)
         log(f"dataset {args.dataset}: {videos} train videos in {root} ({time.perf_counter() - t:.1f}s)")
-        task = make_task(args.task, cfg, root / "data")
+        task = make_task(args.task, cfg, Layout.of(cfg, root))
         task.check_data()
         sample_batch = next(iter(torch.utils.data.DataLoader(task.dataset("train", train=True), batch_size=args.batch_size,
                                                              generator=dataloader_generator(cfg.seed, "probe"))))
@@ -462,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def plain(name: str, threads: int, precision: str) -> dict:
             r = plain_loop(task, cfg, threads=threads, precision=precision, warmup=args.warmup, steps=args.steps)
-            r["mfu"] = fps * r["samples_per_s"] / (peaks[(precision, threads)] * 1e9)
+            r["mfu"] = fps * r["samples_per_s"] / (best[(precision, threads)] * 1e9)
             measured[name] = r
             log(f"{name}: {r['samples_per_s']:.1f} samples/s over {r['steps']} steps (step-rate cv "
                 f"{r['step_cv']:.2f}), MFU {100 * r['mfu']:.1f}%")
@@ -499,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                 for workers, threads in shapes:
                     r = ray_run(overrides, args.task, root, workers=workers, threads=threads, warmup=args.warmup,
                                 steps=args.steps, batch_size=args.batch_size, videos=videos)
-                    r["mfu"] = fps * r["samples_per_s"] / (peaks[(p, threads)] * 1e9 * workers)
+                    r["mfu"] = fps * r["samples_per_s"] / (best[(p, threads)] * 1e9 * workers)
                     name = f"ray_{workers}x{threads}{tag}"
                     measured[name] = r
                     ray_res.setdefault((workers, threads), []).append(r)
@@ -580,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         "and export are excluded; they are in *_fit_wall_clock. Overhead baseline = mean of the plain loop before "
         "ray.init and again after ray.shutdown (no Ray in the process). Ray rows and the scaling ratio are medians "
         "over --repeats rounds. MFU = FLOPs/sample (FlopCounterMode, "
-        "forward+backward; convolutions and matmuls only) x samples/s / matmul peak of the same dtype and threads."
+        "forward+backward; convolutions and matmuls only) x samples/s / the best matmul rate of the same dtype and "
+        "threads (a median dragged down by another process's load inflates MFU)."
     )
     print()
     print(f"Training throughput: task {args.task}, {args.dataset}, {videos} train videos, batch {args.batch_size}/worker, "
@@ -603,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     if over:
         shown = ", ".join(f"{n}_x{k} median {v:.0f} best {best[(n, k)]:.0f}" for (n, k), v in sorted(peaks.items()))
         print(f"NOTE: MFU above 100% in {', '.join(over)}: the matmul peak was measured low (GFLOP/s: {shown}); "
-              "it is the median of --matmul-repeats, which contention drags down")
+              "even its best of --matmul-repeats was dragged down by contention")
     print(f"\ntotal {results['total_seconds']:.0f}s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")

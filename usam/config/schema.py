@@ -306,6 +306,11 @@ class RuntimeConfig:
     dataloader_workers: int = knob(ge=0, le=64, doc="DataLoader worker processes per training worker")
     deterministic: bool = knob(doc="torch deterministic algorithms (bit-exact CPU runs)")
     grad_checkpointing: bool = knob(doc="recompute block activations in backward to save memory")
+    optimizer_impl: Literal["auto", "foreach", "fused"] = knob(
+        doc="AdamW implementation: auto (torch's choice: a per-tensor loop on CPU), foreach or fused (one "
+            "batched update; rounds differently, so weights differ from auto's)")
+    channels_last: bool = knob(doc="convolution kernels in channels-last layout (oneDNN's NHWC/NDHWC kernels; "
+                                   "changes float rounding)")
     checkpoint_every: int = knob(ge=1, doc="optimizer steps between checkpoints (also at each epoch end)")
     keep_checkpoints: int = knob(ge=1, le=1000, doc="checkpoints kept in Ray storage")
     max_failures: int = knob(ge=0, le=1000, doc="worker-group restarts from the last checkpoint")

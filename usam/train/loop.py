@@ -74,6 +74,32 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def build_optimizer(task: Task, model: torch.nn.Module, tcfg) -> torch.optim.AdamW:
+    """AdamW over the task's own parameter groups (their lr, betas and weight decay override the defaults) or
+    :func:`param_groups`, with the implementation ``train.runtime.optimizer_impl`` names: ``auto`` is torch's
+    choice (a per-tensor loop on CPU), ``foreach`` and ``fused`` batch the update over tensors. The three
+    round differently, so only ``auto`` reproduces weights trained before the switch existed."""
+    groups = task.optimizer_groups(model) if hasattr(task, "optimizer_groups") else param_groups(model, tcfg.weight_decay)
+    impl = tcfg.runtime.optimizer_impl
+    kwargs = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(impl, {})
+    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95), **kwargs)
+
+
+def apply_memory_format(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
+    """With ``channels_last``, every convolution kernel in channels-last layout (``channels_last`` for 2D,
+    ``channels_last_3d`` for 3D), which steers oneDNN to its NHWC / NDHWC kernels; the inputs may stay as they
+    are. Off, the model is returned untouched."""
+    if not channels_last:
+        return model
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.conv._ConvNd):
+            for p in module.parameters(recurse=False):
+                if p.ndim in formats:
+                    p.data = p.data.contiguous(memory_format=formats[p.ndim])
+    return model
+
+
 class Trainer:
     """Epochs of ``run_step`` over the train split, with the hooks called around them.
 
@@ -185,10 +211,8 @@ def train_worker(spec: WorkerSpec, session: Session | None = None) -> None:
     seed_everything(cfg.seed, deterministic=tcfg.runtime.deterministic)  # same initial weights on every rank
     model = task.build_model()
     seed_everything(derive_seed(cfg.seed, "rank", rank), deterministic=tcfg.runtime.deterministic)
-    # a task may bring its own parameter groups (their lr, betas and weight decay override the defaults)
-    groups = (task.optimizer_groups(model) if hasattr(task, "optimizer_groups")
-              else param_groups(model, tcfg.weight_decay))
-    optimizer = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95))
+    model = apply_memory_format(model, tcfg.runtime.channels_last)
+    optimizer = build_optimizer(task, model, tcfg)
 
     train_ds, val_ds = task.datasets(device)
     sampler = ShardedEpochSampler(len(train_ds), rank=rank, world=world, seed=cfg.seed)
